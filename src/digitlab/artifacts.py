@@ -33,9 +33,14 @@ def library_versions() -> dict[str, str]:
     import keras
     import numpy
 
-    return {"digitlab": __version__, "python": platform.python_version(),
-            "keras": keras.__version__, "backend": keras.backend.backend(),
-            "jax": jax.__version__, "numpy": numpy.__version__}
+    return {
+        "digitlab": __version__,
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "jax": jax.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
 def build_manifest(result: TrainResult, files: DataFiles, input_shape: tuple[int, ...]) -> dict:
@@ -52,8 +57,10 @@ def build_manifest(result: TrainResult, files: DataFiles, input_shape: tuple[int
         "epoch_seconds": result.epoch_seconds,
         "train_seconds": result.train_seconds,
         "metrics": {**result.metrics, "overfitting_gap": result.overfitting_gap},
-        "first_predictions": {"labels": result.first_labels,
-                              "confidences": result.first_confidences},
+        "first_predictions": {
+            "labels": result.first_labels,
+            "confidences": result.first_confidences,
+        },
         "data_sha256": files.sha256,
         "data_source": files.source,
         "versions": library_versions(),
@@ -89,8 +96,10 @@ def resolve_run(run: Path | None = None) -> Path:
     if run is None:
         latest = config.runs_dir() / LATEST
         if not latest.exists():
-            raise DigitlabError(f"no trained model in {config.runs_dir()}/: run `digitlab train` "
-                                f"first, or name a run folder with --run")
+            raise DigitlabError(
+                f"no trained model in {config.runs_dir()}/: run `digitlab train` "
+                f"first, or name a run folder with --run"
+            )
         run = latest
     run = Path(run).expanduser()
     if not run.is_dir():

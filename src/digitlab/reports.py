@@ -22,16 +22,21 @@ def _pyplot():
     return plt
 
 
-def plot_predictions(images: np.ndarray, true_labels: Sequence[int],
-                     predicted: Sequence[int], path: Path, label_names: Sequence[str],
-                     first_index: int = 0, confidences: Sequence[float] | None = None) -> Path:
+def plot_predictions(
+    images: np.ndarray,
+    true_labels: Sequence[int],
+    predicted: Sequence[int],
+    path: Path,
+    label_names: Sequence[str],
+    first_index: int = 0,
+    confidences: Sequence[float] | None = None,
+) -> Path:
     """A grid of digits titled with the prediction; mistakes in red with the true label."""
     plt = _pyplot()
     count = len(images)
     columns = min(10, max(count, 1))
     rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.9 * rows),
-                                squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.9 * rows), squeeze=False)
     for position, axis in enumerate(axes.flat):
         axis.axis("off")
         if position >= count:
@@ -45,8 +50,11 @@ def plot_predictions(images: np.ndarray, true_labels: Sequence[int],
             title += f"\ntrue {label_names[true_labels[position]]}"
         axis.set_title(title, fontsize=8, color=RIGHT_COLOUR if right else MISTAKE_COLOUR)
     mistakes = sum(p != t for p, t in zip(predicted, true_labels, strict=True))
-    figure.suptitle(f"test digits {first_index}-{first_index + count - 1}: "
-                    f"{count - mistakes} of {count} right (mistakes in red)", fontsize=10)
+    figure.suptitle(
+        f"test digits {first_index}-{first_index + count - 1}: "
+        f"{count - mistakes} of {count} right (mistakes in red)",
+        fontsize=10,
+    )
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=100)
@@ -54,8 +62,9 @@ def plot_predictions(images: np.ndarray, true_labels: Sequence[int],
     return path
 
 
-def plot_history(history: dict[str, list[float]], path: Path,
-                 test_accuracy: float | None = None) -> Path:
+def plot_history(
+    history: dict[str, list[float]], path: Path, test_accuracy: float | None = None
+) -> Path:
     """Loss and accuracy per epoch (training and, if held out, validation)."""
     plt = _pyplot()
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -69,8 +78,9 @@ def plot_history(history: dict[str, list[float]], path: Path,
         axis.set_xticks(epochs)
         axis.grid(alpha=0.3)
     if test_accuracy is not None:
-        accuracy_axis.axhline(test_accuracy, color="grey", linestyle=":",
-                              label=f"test accuracy {test_accuracy:.4f}")
+        accuracy_axis.axhline(
+            test_accuracy, color="grey", linestyle=":", label=f"test accuracy {test_accuracy:.4f}"
+        )
     for axis in (loss_axis, accuracy_axis):
         axis.legend(fontsize=8)
     figure.tight_layout()

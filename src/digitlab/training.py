@@ -56,12 +56,16 @@ def _fit_arguments(config: TrainConfig, train_count: int) -> dict:
         raise DigitlabError("--epochs and --batch-size must be at least 1")
     if train_count * (1 - config.validation_split) < 1:
         raise DigitlabError("no training images left after the validation split")
-    return {"epochs": config.epochs, "batch_size": config.batch_size,
-            "validation_split": config.validation_split}
+    return {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "validation_split": config.validation_split,
+    }
 
 
-def train(config: TrainConfig, data: Arrays, report: Report = print,
-          verbose: int = 2) -> TrainResult:
+def train(
+    config: TrainConfig, data: Arrays, report: Report = print, verbose: int = 2
+) -> TrainResult:
     """Build, compile, fit and evaluate ``config.model`` on ``data``, reporting each step."""
     import keras
 
@@ -71,38 +75,54 @@ def train(config: TrainConfig, data: Arrays, report: Report = print,
 
     model = models.build(config.model)
     models.compile_model(model, steps_per_execution=config.steps_per_execution)
-    report(f"[2/6] built {model.name}: {model.count_params():,} parameters; compiled with adam, "
-           f"sparse categorical cross-entropy, accuracy")
+    report(
+        f"[2/6] built {model.name}: {model.count_params():,} parameters; compiled with adam, "
+        f"sparse categorical cross-entropy, accuracy"
+    )
 
     input_shape = models.INPUT_SHAPES[config.model]
     train_inputs = models.prepare(x_train, input_shape)  # (N, 28, 28) uint8 -> float32 in [0, 1]
     test_inputs = models.prepare(x_test, input_shape)
-    report(f"[3/6] scaled pixels to float32 in [0, 1]: train {train_inputs.shape}, "
-           f"test {test_inputs.shape}")
+    report(
+        f"[3/6] scaled pixels to float32 in [0, 1]: train {train_inputs.shape}, "
+        f"test {test_inputs.shape}"
+    )
 
-    report(f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
-           + (f", holding out {config.validation_split:.0%} for validation"
-              if config.validation_split else ""))
+    report(
+        f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
+        + (
+            f", holding out {config.validation_split:.0%} for validation"
+            if config.validation_split
+            else ""
+        )
+    )
     timer, epoch_seconds = _epoch_timer()
     started = time.perf_counter()
-    history = model.fit(train_inputs, y_train, shuffle=True, callbacks=[timer],
-                        verbose=verbose, **fit_arguments)
+    history = model.fit(
+        train_inputs, y_train, shuffle=True, callbacks=[timer], verbose=verbose, **fit_arguments
+    )
     train_seconds = time.perf_counter() - started
 
     shown = min(PREDICTIONS_SHOWN, len(test_inputs))
     probabilities = model.predict(test_inputs[:shown], verbose=0)
-    test_loss, test_accuracy = model.evaluate(test_inputs, y_test, verbose=0,
-                                              batch_size=EVALUATE_BATCH_SIZE)
-    train_loss, train_accuracy = model.evaluate(train_inputs, y_train, verbose=0,
-                                                batch_size=EVALUATE_BATCH_SIZE)
+    test_loss, test_accuracy = model.evaluate(
+        test_inputs, y_test, verbose=0, batch_size=EVALUATE_BATCH_SIZE
+    )
+    train_loss, train_accuracy = model.evaluate(
+        train_inputs, y_train, verbose=0, batch_size=EVALUATE_BATCH_SIZE
+    )
     return TrainResult(
         model=model,
         config=config,
         history={key: [float(v) for v in values] for key, values in history.history.items()},
         epoch_seconds=epoch_seconds,
         train_seconds=train_seconds,
-        metrics={"test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
-                 "train_loss": float(train_loss), "train_accuracy": float(train_accuracy)},
+        metrics={
+            "test_loss": float(test_loss),
+            "test_accuracy": float(test_accuracy),
+            "train_loss": float(train_loss),
+            "train_accuracy": float(train_accuracy),
+        },
         first_labels=[int(label) for label in np.argmax(probabilities, axis=1)],
         first_confidences=[float(p) for p in np.max(probabilities, axis=1)],
     )

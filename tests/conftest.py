@@ -1,0 +1,102 @@
+"""Shared fixtures: a temporary DIGITLAB_HOME and runs folder, and small generated digit data."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from digitlab import config, datasets
+
+# Captured before any test swaps DIGITLAB_HOME: where `make data` put the real MNIST files.
+REAL_HOME = config.digitlab_home()
+
+
+@pytest.fixture(autouse=True)
+def digitlab_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("DIGITLAB_HOME", str(home))
+    monkeypatch.setenv("DIGITLAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("DIGITLAB_OFFLINE", raising=False)
+    return home
+
+
+@pytest.fixture
+def real_mnist(monkeypatch) -> datasets.DataFiles:
+    """The real MNIST files from the cache that `make test` fills (never from the network)."""
+    monkeypatch.setenv("DIGITLAB_HOME", str(REAL_HOME))
+    monkeypatch.setenv("DIGITLAB_OFFLINE", "1")
+    return datasets.ensure("mnist", report=lambda line: None)
+
+
+def render_digit(digit: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
+    """A light-on-dark digit drawn with a font, jittered in place, size and stroke: MNIST-like."""
+    image = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=int(size * rng.uniform(0.6, 0.8)))
+    left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
+    x = (size - (right - left)) / 2 - left + rng.uniform(-2, 2)
+    y = (size - (bottom - top)) / 2 - top + rng.uniform(-2, 2)
+    draw.text(
+        (x, y),
+        str(digit),
+        fill=255,
+        font=font,
+        stroke_width=int(rng.integers(1, 3)),
+        stroke_fill=255,
+    )
+    return np.asarray(image, dtype=np.uint8)
+
+
+def make_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(count, 28, 28) uint8 images of rendered digits and their uint8 labels, classes cycling."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    images = np.stack([render_digit(int(label), rng) for label in labels])
+    return images, labels
+
+
+def write_idx_folder(folder: Path, data: datasets.Arrays, gzipped: bool = False) -> dict:
+    """Write the four IDX files of ``data``; return {file name: raw bytes}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (x_train, y_train), (x_test, y_test) = data
+    arrays = {
+        "train_images": x_train,
+        "train_labels": y_train,
+        "test_images": x_test,
+        "test_labels": y_test,
+    }
+    written = {}
+    for role, array in arrays.items():
+        name = datasets.IDX_NAMES[role]
+        raw = datasets.encode_idx(array)
+        written[name] = raw
+        if gzipped:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+    return written
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> datasets.Arrays:
+    return make_digits(300, seed=1), make_digits(100, seed=2)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_data) -> Path:
+    folder = tmp_path / "tiny"
+    write_idx_folder(folder, tiny_data)
+    return folder
+
+
+def pinned_spec(raw: dict, sources: tuple = (), name: str = "tiny") -> datasets.DatasetSpec:
+    return datasets.DatasetSpec(
+        name=name,
+        sha256={n: datasets.sha256_hex(b) for n, b in raw.items()},
+        label_names=tuple(str(d) for d in range(10)),
+        sources=sources,
+    )

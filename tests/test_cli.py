@@ -1,0 +1,153 @@
+"""The command line, in-process, on a tiny generated data set and on the real MNIST."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from digitlab.cli import cli
+
+
+def invoke(*arguments: str):
+    return CliRunner().invoke(cli, [str(a) for a in arguments], catch_exceptions=False)
+
+
+@pytest.fixture
+def trained_run(tiny_folder, tmp_path) -> tuple[Path, object]:
+    result = invoke("train", "--dataset", tiny_folder, "--epochs", "3", "--batch-size", "32")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "runs" / "latest", result
+
+
+def test_train_shows_every_step_and_writes_a_run(trained_run):
+    latest, result = trained_run
+    output = result.output
+    for step in range(1, 7):
+        assert f"[{step}/6]" in output
+    assert re.search(r"Epoch 3/3\n\d+/\d+ - \d+s - .*accuracy: [\d.]+ - loss: [\d.]+", output)
+    assert "train accuracy" in output and "test accuracy" in output and "gap" in output
+    assert re.search(r"true       (\d ){19}\d\n      predicted  (\d ){19}\d", output)
+    assert latest.is_symlink()
+    for name in ("model.keras", "metrics.json", "predictions.png", "history.png"):
+        assert (latest / name).stat().st_size > 0
+    manifest = json.loads((latest / "metrics.json").read_text())
+    assert manifest["config"]["epochs"] == 3 and manifest["seed"] == 0
+    assert len(manifest["history"]["loss"]) == 3 == len(manifest["epoch_seconds"])
+    assert set(manifest["metrics"]) >= {
+        "test_accuracy",
+        "train_accuracy",
+        "test_loss",
+        "train_loss",
+        "overfitting_gap",
+    }
+    assert len(manifest["data_sha256"]) == 4
+    assert {"keras", "jax", "numpy", "python", "digitlab"} <= set(manifest["versions"])
+    printed = float(re.search(r"test accuracy  ([\d.]+)", output).group(1))
+    assert printed == pytest.approx(manifest["metrics"]["test_accuracy"], abs=1e-4)
+
+
+def test_evaluate_reproduces_the_reported_accuracy(trained_run):
+    latest, _ = trained_run
+    result = invoke("evaluate", "--run", latest)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((latest / "metrics.json").read_text())["metrics"]["test_accuracy"]
+    measured = float(re.search(r"test accuracy  ([\d.]+)", result.output).group(1))
+    assert measured == pytest.approx(recorded, abs=1e-4)
+    assert "(same)" in result.output
+
+
+def test_show_prints_and_plots_a_slice(trained_run, tmp_path):
+    latest, _ = trained_run
+    output = tmp_path / "slice.png"
+    result = invoke("show", "--start", "5", "--count", "7", "--output", output)
+    assert result.exit_code == 0, result.output
+    assert "digits 5-11 of the test set" in result.output
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert invoke("show", "--start", "100").output.strip().endswith("(99)")
+
+
+def test_same_seed_same_metrics(tiny_folder, tmp_path):
+    runs = []
+    for _ in range(2):
+        assert invoke("train", "--dataset", tiny_folder, "--epochs", "2").exit_code == 0
+        latest = (tmp_path / "runs" / "latest").resolve()
+        runs.append(json.loads((latest / "metrics.json").read_text()))
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    assert runs[0]["history"] == runs[1]["history"]
+    different_seed = invoke("train", "--dataset", tiny_folder, "--epochs", "2", "--seed", "7")
+    assert different_seed.exit_code == 0
+    latest = (tmp_path / "runs" / "latest").resolve()
+    assert json.loads((latest / "metrics.json").read_text())["history"] != runs[0]["history"]
+
+
+def test_validation_split_records_validation_curves(tiny_folder, tmp_path):
+    result = invoke(
+        "train", "--dataset", tiny_folder, "--epochs", "2", "--validation-split", "0.2", "--summary"
+    )
+    assert result.exit_code == 0, result.output
+    assert "Total params" in result.output
+    manifest = json.loads((tmp_path / "runs" / "latest" / "metrics.json").read_text())
+    assert len(manifest["history"]["val_accuracy"]) == 2
+
+
+def test_data_info_for_a_folder(tiny_folder):
+    result = invoke("data", "info", "--dataset", tiny_folder)
+    assert result.exit_code == 0, result.output
+    assert "images (300, 28, 28) uint8" in result.output
+    assert "not pinned" in result.output
+    as_json = json.loads(invoke("data", "info", "--dataset", tiny_folder, "--json").output)
+    assert as_json["test"]["count_per_class"]["0"] == 10
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["evaluate"], "no trained model in"),
+        (["show", "--run", "/nonexistent"], "is not a run folder"),
+        (["train", "--dataset", "emnist"], "unknown dataset 'emnist'"),
+        (["train", "--epochs", "0"], "0 is not in the range"),
+        (["train", "--validation-split", "1.5"], "1.5 is not in the range"),
+        (["train", "--model", "resnet"], "Invalid value for '--model'"),
+        (["data", "fetch", "--dataset", "mnist", "--from", "/nonexistent"], None),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(arguments, message, monkeypatch):
+    monkeypatch.setenv("DIGITLAB_OFFLINE", "1")
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    if message:
+        assert message in result.output
+    else:
+        assert "/nonexistent does not exist" in result.output
+        assert "skipped, DIGITLAB_OFFLINE is set" in result.output
+
+
+def test_a_damaged_model_file_is_a_clear_error(trained_run):
+    latest, _ = trained_run
+    (latest / "model.keras").write_bytes(b"not a zip file")
+    result = CliRunner().invoke(cli, ["evaluate", "--run", str(latest)])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot load")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_tutorial_on_real_mnist(real_mnist, tmp_path):
+    """The tutorial's promise: 5 epochs at batch 128 give >= 97.5% and the first 20 right."""
+    result = invoke("train")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "runs" / "latest" / "metrics.json").read_text())
+    assert manifest["metrics"]["test_accuracy"] >= 0.975
+    assert manifest["metrics"]["train_accuracy"] > manifest["metrics"]["test_accuracy"]
+    expected = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
+    right = sum(
+        p == t for p, t in zip(manifest["first_predictions"]["labels"], expected, strict=True)
+    )
+    assert right >= 19
+    assert manifest["data_sha256"]["train-images-idx3-ubyte"].startswith("ba891046")
