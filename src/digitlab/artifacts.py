@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from digitlab import DigitlabError, __version__, config
+from digitlab import DigitlabError, __version__, config, runtime
 from digitlab.fileio import atomic_path, atomic_write_text, point_symlink
 
 if TYPE_CHECKING:
@@ -79,8 +79,15 @@ def new_run_dir(model_name: str, root: Path | None = None) -> Path:
 
 
 def save_model(model: keras.Model, folder: Path) -> None:
+    """``model.keras``, and ``inference.npz`` for the NumPy runtime when its layers allow."""
+    import numpy as np
+
     with atomic_path(folder / MODEL_FILE) as temporary:
         model.save(temporary)
+    exported = runtime.export(model)
+    if exported is not None:
+        with atomic_path(folder / runtime.INFERENCE_FILE) as temporary:
+            np.savez(temporary, **exported)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -315,6 +315,185 @@ def show(run_dir: Path | None, start: int, count: int, output: Path | None) -> N
     click.echo(f"plot written to {output}")
 
 
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+}
+
+
+def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
+    """Files as given, folders searched recursively for images, ``-`` for standard input."""
+    expanded: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if given != "-" and path.is_dir():
+            found = sorted(
+                str(p)
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not found:
+                _echo_error(f"{given}: no image files in this folder")
+            expanded.extend(found)
+        else:
+            expanded.append(given)
+    return expanded
+
+
+def _read_input(name: str):
+    return click.get_binary_stream("stdin").read() if name == "-" else Path(name)
+
+
+def _format_plain(name: str, result, top: int, label_names: list[str]) -> str:
+    import numpy as np
+
+    if hasattr(result, "text"):
+        return f"{name}: {result.text} ({result.confidence:.1%})"
+    ranked = np.argsort(result.probabilities)[::-1][:top]
+    answers = ", ".join(f"{label_names[k]} ({result.probabilities[k]:.1%})" for k in ranked)
+    return f"{name}: {answers}"
+
+
+def _as_json(name: str, result) -> str:
+    if hasattr(result, "text"):
+        digits = [
+            {"label": d.label, "confidence": d.confidence, "probabilities": d.probabilities}
+            for d in result.digits
+        ]
+        first = result.digits[0]
+        record = {
+            "path": name,
+            "label": first.label,
+            "confidence": result.confidence,
+            "probabilities": first.probabilities,
+            "text": result.text,
+            "digits": digits,
+        }
+    else:
+        record = {"path": name, **result.to_dict()}
+    return json.dumps(record)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
+@click.option(
+    "--top",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 10),
+    help="How many of the most likely answers to print (plain output).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='One JSON object per line: {"path", "label", "confidence", "probabilities"}.',
+)
+@click.option(
+    "--number",
+    is_flag=True,
+    help="Each image holds a written number: read each digit, print the string.",
+)
+@click.option(
+    "--show-input",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Save what the model saw (the 28x28 inputs, enlarged) to this PNG.",
+)
+def predict(
+    paths: tuple[str, ...],
+    run_dir: Path | None,
+    top: int,
+    as_json: bool,
+    number: bool,
+    show_input: Path | None,
+) -> None:
+    """Read digits in your own images: files, folders (recursively) or - for standard input.
+
+    Each image is prepared like MNIST (polarity, background, noise, crop, stroke width, 20 px
+    box centred by mass in 28x28) before the model sees it. The exit status is 1 if any image
+    could not be read; the others are still answered.
+    """
+    from digitlab.predict import Predictor
+    from digitlab.preprocess import ImageError
+
+    predictor = Predictor.from_run(run_dir)
+    names = _expand_inputs(paths)
+    failures, seen = 0, []
+
+    def answer(name: str, result) -> None:
+        if as_json:
+            click.echo(_as_json(name, result))
+        else:
+            click.echo(_format_plain(name, result, top, predictor.label_names))
+
+    def fail(name: str, message: str) -> None:
+        nonlocal failures
+        failures += 1
+        message = message.removeprefix(f"{name}: ")
+        if as_json:
+            click.echo(json.dumps({"path": name, "error": message}))
+        else:
+            click.echo(f"{name}: error: {message}", err=True)
+
+    if number:
+        for name in names:
+            try:
+                result = predictor.predict_number(_read_input(name))
+            except ImageError as error:
+                fail(name, str(error))
+                continue
+            seen.extend(digit.input for digit in result.digits)
+            answer(name, result)
+    else:
+        for name, result in _predict_many(predictor, names):
+            if isinstance(result, ImageError):
+                fail(name, str(result))
+            else:
+                seen.append(result.input)
+                answer(name, result)
+    if show_input is not None and seen:
+        from digitlab.reports import save_inputs
+
+        save_inputs(seen, show_input)
+        _echo_error(f"model inputs saved to {show_input}")
+    if failures:
+        raise SystemExit(1)
+
+
+def _predict_many(predictor, names: list[str], chunk: int = 512):
+    """Yield (name, Prediction or ImageError) in order, preparing and predicting in chunks."""
+    import numpy as np
+
+    from digitlab.preprocess import ImageError, prepare_image
+
+    for start in range(0, len(names), chunk):
+        prepared: list = []
+        for name in names[start : start + chunk]:
+            try:
+                prepared.append(prepare_image(_read_input(name)))
+            except ImageError as error:
+                prepared.append(error)
+        good = [item for item in prepared if not isinstance(item, ImageError)]
+        probabilities = iter(predictor.predict_digits(np.stack(good)) if good else [])
+        for name, item in zip(names[start : start + chunk], prepared, strict=True):
+            yield (
+                name,
+                item
+                if isinstance(item, ImageError)
+                else predictor.result_for(item, next(probabilities)),
+            )
+
+
 def main() -> None:
     cli(prog_name="digitlab")
 

@@ -88,3 +88,24 @@ def plot_history(
         figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return path
+
+
+def save_inputs(
+    digits: Sequence[np.ndarray], path: Path, scale: int = 8, columns: int = 10
+) -> Path:
+    """The 28x28 inputs the model saw, enlarged (nearest neighbour: pixels stay visible)."""
+    from PIL import Image
+
+    count = len(digits)
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    side, gap = 28 * scale, 4
+    sheet = Image.new("L", (columns * (side + gap) - gap, rows * (side + gap) - gap), 128)
+    for index, digit in enumerate(digits):
+        tile = Image.fromarray(np.asarray(digit, dtype=np.uint8)).resize(
+            (side, side), Image.Resampling.NEAREST
+        )
+        sheet.paste(tile, ((index % columns) * (side + gap), (index // columns) * (side + gap)))
+    with atomic_path(path) as temporary:
+        sheet.save(temporary, format="PNG")
+    return path
