@@ -100,3 +100,30 @@ def pinned_spec(raw: dict, sources: tuple = (), name: str = "tiny") -> datasets.
         label_names=tuple(str(d) for d in range(10)),
         sources=sources,
     )
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory) -> Path:
+    """A run folder with the tutorial's MLP trained 2 epochs on the real MNIST (~97.5%)."""
+    import os
+
+    from digitlab import artifacts, models, training
+    from digitlab.config import TrainConfig
+
+    saved = {key: os.environ.get(key) for key in ("DIGITLAB_HOME", "DIGITLAB_OFFLINE")}
+    os.environ.update({"DIGITLAB_HOME": str(REAL_HOME), "DIGITLAB_OFFLINE": "1"})
+    try:
+        files = datasets.ensure("mnist", report=lambda line: None)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    result = training.train(
+        TrainConfig(epochs=2), datasets.to_arrays(files), report=lambda line: None, verbose=0
+    )
+    folder = tmp_path_factory.mktemp("runs") / "mnist-mlp"
+    folder.mkdir()
+    artifacts.save_model(result.model, folder)
+    artifacts.write_manifest(
+        folder, artifacts.build_manifest(result, files, models.INPUT_SHAPES["mlp"])
+    )
+    return folder

@@ -93,6 +93,8 @@ def decode(data: bytes, name: str = "image") -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # larger raises DecompressionBombError, before decoding
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise Image.DecompressionBombError("too many pixels")
             image.seek(0)
             image.load()
             return to_grayscale(image)
@@ -275,7 +277,9 @@ def match_stroke(digit: np.ndarray) -> np.ndarray:
     canvas = np.pad(_scale_longer_side(digit, STROKE_CANVAS), STROKE_CANVAS // 4)
     relative = stroke_thickness(canvas) * max(canvas.shape) / STROKE_CANVAS
     if relative < THIN_STROKE:
-        radius = round((MNIST_STROKE - relative) * STROKE_CANVAS / 2)
+        # Dilating by r widens the stroke by 2r and the digit's box by 2r too.
+        width = relative * STROKE_CANVAS
+        radius = int(np.ceil((MNIST_STROKE * STROKE_CANVAS - width) / (2 * (1 - MNIST_STROKE))))
         canvas = ndimage.grey_dilation(canvas, footprint=_disc(radius)) if radius > 0 else canvas
     elif relative > THICK_STROKE:
         radius = round((relative - THINNED_STROKE) * STROKE_CANVAS / 2)

@@ -1,0 +1,157 @@
+"""Predictor, the NumPy runtime against Keras, and `digitlab predict` on real MNIST digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from digitlab import datasets, preprocess
+from digitlab.cli import cli
+from digitlab.predict import Predictor
+
+
+def on_paper(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """An MNIST digit as dark ink on a larger light canvas, at a random size and place."""
+    canvas_side = int(rng.integers(64, 200))
+    side = int(rng.integers(28, canvas_side - 4))
+    canvas = np.full((canvas_side, canvas_side), int(rng.integers(200, 250)), np.uint8)
+    ink = np.array(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC))
+    top, left = (int(rng.integers(0, canvas_side - side + 1)) for _ in range(2))
+    region = canvas[top : top + side, left : left + side]
+    canvas[top : top + side, left : left + side] = np.minimum(region, 255 - ink)
+    return Image.fromarray(canvas)
+
+
+@pytest.fixture(scope="module")
+def test_digits(real_mnist_module):
+    _, (x_test, y_test) = datasets.to_arrays(real_mnist_module)
+    return x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def real_mnist_module():
+    from conftest import REAL_HOME
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIGITLAB_HOME", str(REAL_HOME))
+        patch.setenv("DIGITLAB_OFFLINE", "1")
+        return datasets.ensure("mnist", report=lambda line: None)
+
+
+def test_numpy_runtime_matches_keras(mnist_run, test_digits):
+    x_test, _ = test_digits
+    fast = Predictor.from_run(mnist_run)
+    reference = Predictor.from_run(mnist_run, use_keras=True)
+    np.testing.assert_allclose(
+        fast.predict_digits(x_test[:300]), reference.predict_digits(x_test[:300]), atol=1e-5
+    )
+
+
+def test_mnist_digits_round_trip_through_png_on_a_larger_canvas(mnist_run, test_digits, tmp_path):
+    x_test, y_test = test_digits
+    predictor = Predictor.from_run(mnist_run)
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(300):
+        path = tmp_path / f"{index}.png"
+        on_paper(x_test[index], rng).save(path)
+        paths.append(path)
+    direct = predictor.predict_digits(x_test[:300]).argmax(axis=1)
+    through_files = [p.label for p in predictor.predict(paths)]
+    agreement = np.mean(direct == np.array(through_files))
+    assert agreement >= 0.97
+    assert np.mean(np.array(through_files) == y_test[:300]) >= 0.95
+
+
+def test_predict_command_plain_json_errors_and_inputs(mnist_run, test_digits, tmp_path):
+    x_test, y_test = test_digits
+    folder = tmp_path / "mine" / "nested"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for index in range(3):
+        on_paper(x_test[index], rng).save(folder / f"digit{index}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    Image.new("L", (60, 60), 255).save(folder / "blank.png")
+    seen = tmp_path / "seen.png"
+
+    plain = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            "--run",
+            str(mnist_run),
+            "--top",
+            "2",
+            "--show-input",
+            str(seen),
+            str(tmp_path / "mine"),
+        ],
+    )
+    assert plain.exit_code == 1  # two images failed; the others were still answered
+    lines = plain.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith(str(folder / "digit0.png") + ": 7 (")
+    assert "broken.png: error: truncated or corrupt" in plain.stderr
+    assert "blank.png: error: no digit found" in plain.stderr
+    assert Image.open(seen).size == (3 * 224 + 2 * 4, 224)
+
+    as_json = CliRunner().invoke(cli, ["predict", "--run", str(mnist_run), "--json", str(folder)])
+    records = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
+    good = [r for r in records if "error" not in r]
+    assert [set(r) for r in good] == [{"path", "label", "confidence", "probabilities"}] * 3
+    assert [r["label"] for r in good] == y_test[:3].tolist()
+    assert all(len(r["probabilities"]) == 10 for r in good)
+    assert sorted(set(r) for r in records if "error" in r) == [{"path", "error"}] * 2
+
+
+def test_predict_reads_standard_input(mnist_run, test_digits, tmp_path):
+    x_test, _ = test_digits
+    on_paper(x_test[1], np.random.default_rng(2)).save(tmp_path / "two.png")
+    result = CliRunner().invoke(
+        cli, ["predict", "--run", str(mnist_run), "-"], input=(tmp_path / "two.png").read_bytes()
+    )
+    assert result.exit_code == 0
+    assert result.stdout.startswith("-: 2 (")
+
+
+def test_predict_a_written_number(mnist_run, test_digits, tmp_path):
+    x_test, y_test = test_digits
+    wanted = [1, 2, 0, 7]  # the test set indices of these labels, from its first digits
+    indices = [int(np.flatnonzero(y_test == digit)[0]) for digit in wanted]
+    strip = np.hstack([np.pad(x_test[i], ((4, 4), (6, 6))) for i in indices])
+    Image.fromarray(255 - strip).resize((strip.shape[1] * 4, strip.shape[0] * 4)).save(
+        tmp_path / "number.png"
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["predict", "--run", str(mnist_run), "--number", "--json", str(tmp_path / "number.png")],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["text"] == "1207"
+    assert len(record["digits"]) == 4
+    plain = CliRunner().invoke(
+        cli, ["predict", "--run", str(mnist_run), "--number", str(tmp_path / "number.png")]
+    )
+    assert plain.stdout.startswith(f"{tmp_path / 'number.png'}: 1207 (")
+
+
+def test_predict_api_takes_paths_pil_images_and_arrays(mnist_run, test_digits, tmp_path):
+    x_test, y_test = test_digits
+    image = on_paper(x_test[0], np.random.default_rng(3))
+    image.save(tmp_path / "seven.png")
+    predictor = Predictor.from_run(mnist_run)
+    results = predictor.predict([tmp_path / "seven.png", image, np.asarray(image), x_test[0]])
+    assert [r.label for r in results] == [7, 7, 7, 7]
+    assert results[0].input.shape == (28, 28)
+    with pytest.raises(preprocess.EmptyImageError):
+        predictor.predict([np.zeros((40, 40))])
+
+
+def test_predict_without_a_run_is_a_clear_error():
+    result = CliRunner().invoke(cli, ["predict", "x.png"])
+    assert result.exit_code == 1
+    assert "no trained model" in result.output and "Traceback" not in result.output

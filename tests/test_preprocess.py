@@ -1,0 +1,225 @@
+"""Each preprocessing step on made images; every format and mode; bad files; MNIST round trips."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import render_digit
+from digitlab import preprocess
+from digitlab.preprocess import EmptyImageError, ImageError
+
+
+def paper_digit(digit: int = 3, size: int = 160, seed: int = 0) -> np.ndarray:
+    """Dark ink on light paper, the digit off-centre on a larger canvas: (size, size) uint8."""
+    rng = np.random.default_rng(seed)
+    canvas = np.full((size, size), 230, np.uint8)
+    ink = np.array(Image.fromarray(render_digit(digit, rng)).resize((70, 70)))
+    canvas[20:90, 60:130] = np.minimum(canvas[20:90, 60:130], 255 - ink)
+    return canvas
+
+
+def png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def test_dark_ink_on_light_paper_is_inverted():
+    gray = paper_digit() / 255.0
+    flipped = preprocess.ink_polarity(gray)
+    assert flipped[0, 0] < 0.2 and flipped.max() > 0.8
+    light_on_dark = 1.0 - gray
+    assert preprocess.ink_polarity(light_on_dark) is light_on_dark
+
+
+def test_uneven_lighting_is_flattened():
+    gray = preprocess.ink_polarity(paper_digit(size=200) / 255.0)
+    gradient = np.linspace(0.0, 0.35, 200)[None, :] + np.linspace(0, 0.15, 200)[:, None] ** 2
+    flat = preprocess.flatten_background(gray + gradient)
+    background = flat[150:, :]  # below the digit: paper only
+    assert abs(background.mean()) < 0.03 and background.std() < 0.03
+    assert flat.max() > 0.6  # the ink survives
+
+
+def test_specks_of_noise_are_dropped_and_the_digit_kept():
+    gray = preprocess.ink_polarity(paper_digit(size=200) / 255.0)
+    rng = np.random.default_rng(0)
+    noisy = gray + rng.normal(0, 0.04, gray.shape)
+    noisy[rng.integers(0, 200, 30), rng.integers(0, 200, 30)] = 1.0  # salt
+    soft, blobs = preprocess.isolate_ink(preprocess.flatten_background(noisy))
+    rows, columns = np.nonzero(blobs)
+    assert rows.min() >= 18 and rows.max() <= 92 and columns.min() >= 58 and columns.max() <= 132
+    assert soft[150:, :].max() == 0.0
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((60, 60)),
+        np.full((60, 60), 200, np.uint8),
+        np.random.default_rng(0).normal(128, 4, (80, 80)),
+    ],
+)
+def test_empty_or_noise_only_images_are_reported_not_guessed(image):
+    with pytest.raises(EmptyImageError, match="no digit found"):
+        preprocess.prepare_image(image)
+
+
+def test_a_thin_pen_line_is_thickened_like_mnist():
+    canvas = np.zeros((300, 300), np.float32)
+    canvas[40:260, 148:151] = 1.0  # a 3 px line, 220 px long: a ballpoint "1"
+    canvas[40:43, 100:151] = 1.0
+    before = preprocess.stroke_thickness(canvas[40:260, 100:151])
+    thickened = preprocess.match_stroke(canvas[40:260, 100:151])
+    after = preprocess.stroke_thickness(thickened)
+    assert before < preprocess.THIN_STROKE
+    assert preprocess.THIN_STROKE <= after <= preprocess.THICK_STROKE
+
+
+def test_output_is_a_20px_box_centred_by_mass():
+    digit = preprocess.prepare_image(paper_digit(7))
+    assert digit.shape == (28, 28) and digit.dtype == np.uint8
+    rows, columns = np.nonzero(digit > 20)
+    assert max(rows.max() - rows.min(), columns.max() - columns.min()) + 1 in (19, 20, 21)
+    from scipy import ndimage
+
+    centre = ndimage.center_of_mass(digit.astype(float))
+    assert abs(centre[0] - 14) <= 1.0 and abs(centre[1] - 14) <= 1.0
+
+
+def test_a_real_mnist_digit_passes_nearly_unchanged(real_mnist):
+    """MNIST is already what preprocessing makes: its digits must come through almost as is."""
+    from digitlab import datasets
+
+    _, (x_test, _) = datasets.to_arrays(real_mnist)
+    differences = [
+        np.abs(preprocess.prepare_image(image).astype(int) - image).mean() for image in x_test[:300]
+    ]
+    assert np.median(differences) < 8  # of 255, per pixel
+    assert np.percentile(differences, 95) < 25
+
+
+# ------------------------------------------------------------------------ formats, modes
+
+
+def _as_format(mode: str, fmt: str) -> bytes:
+    gray = Image.fromarray(paper_digit(5))
+    if mode == "RGB":
+        image = Image.merge("RGB", [gray, gray.point(lambda v: v * 0.9), gray])
+    elif mode == "RGBA":  # ink opaque, paper transparent
+        alpha = gray.point(lambda v: 255 - v)
+        image = Image.merge("RGBA", [gray, gray, gray, alpha])
+    elif mode == "LA":
+        image = Image.merge("LA", [Image.new("L", gray.size, 0), gray.point(lambda v: 255 - v)])
+    elif mode == "P":
+        image = gray.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    elif mode == "I;16":
+        image = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
+    else:
+        image = gray.convert(mode)
+    return png_bytes(image, format=fmt)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("L", "PNG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("1", "PNG"),
+        ("L", "JPEG"),
+        ("RGB", "JPEG"),
+        ("L", "BMP"),
+        ("P", "GIF"),
+        ("RGB", "WEBP"),
+        ("RGBA", "WEBP"),
+        ("L", "TIFF"),
+        ("I;16", "TIFF"),
+        ("RGB", "TIFF"),
+    ],
+)
+def test_every_format_and_mode_gives_the_same_digit(mode, fmt):
+    reference = preprocess.prepare_image(paper_digit(5))
+    digit = preprocess.prepare_image(preprocess.decode(_as_format(mode, fmt), f"x.{fmt}"))
+    assert np.abs(digit.astype(int) - reference.astype(int)).mean() < 20
+
+
+def test_exif_orientation_is_applied():
+    upright = Image.fromarray(paper_digit(7))
+    stored = upright.rotate(90, expand=True)  # as a phone stores it, sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    data = png_bytes(stored, format="JPEG", exif=exif, quality=95)
+    digit = preprocess.prepare_image(data)
+    reference = preprocess.prepare_image(paper_digit(7))
+    assert np.abs(digit.astype(int) - reference.astype(int)).mean() < 20
+
+
+def test_arrays_and_pil_images_are_accepted():
+    array = paper_digit(2)
+    from_array = preprocess.prepare_image(array)
+    np.testing.assert_array_equal(preprocess.prepare_image(Image.fromarray(array)), from_array)
+    np.testing.assert_array_equal(preprocess.prepare_image(array / 255.0), from_array)
+    with pytest.raises(ImageError, match=r"must be \(H, W\)"):
+        preprocess.prepare_image(np.zeros((2, 2, 2, 2)))
+
+
+# -------------------------------------------------------------------------- bad files
+
+
+def test_unreadable_truncated_empty_and_huge_files_have_clear_errors(tmp_path, monkeypatch):
+    good = _as_format("L", "PNG")
+    cases = {
+        "garbage.png": b"this is not an image",
+        "truncated.png": good[: len(good) // 2],
+        "empty.png": b"",
+        "truncated.jpg": _as_format("L", "JPEG")[:300],
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(ImageError, match="not an image file"):
+        preprocess.prepare_image(tmp_path / "garbage.png")
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        preprocess.prepare_image(tmp_path / "truncated.png")
+    with pytest.raises(ImageError, match="the file is empty"):
+        preprocess.prepare_image(tmp_path / "empty.png")
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        preprocess.prepare_image(tmp_path / "truncated.jpg")
+    with pytest.raises(ImageError, match="No such file"):
+        preprocess.prepare_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        preprocess.prepare_image(tmp_path)
+    # A small file that claims to be enormous (a decompression bomb) is refused from its header.
+    bomb = png_bytes(Image.new("1", (8000, 8000)), format="PNG")
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageError, match="too many pixels"):
+        preprocess.prepare_image(bomb)
+    monkeypatch.setattr(preprocess, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ImageError, match="too large"):
+        preprocess.prepare_image(_as_format("RGB", "TIFF"))
+
+
+# ---------------------------------------------------------------------- written numbers
+
+
+def test_a_written_number_is_split_into_its_digits_left_to_right():
+    rng = np.random.default_rng(3)
+    canvas = np.full((120, 420), 240, np.uint8)
+    for position, digit in enumerate([2, 0, 2, 6]):
+        ink = np.array(Image.fromarray(render_digit(digit, rng)).resize((80, 80)))
+        left = 20 + position * 95
+        canvas[20:100, left : left + 80] = np.minimum(canvas[20:100, left : left + 80], 255 - ink)
+    digits = preprocess.prepare_number(canvas)
+    assert len(digits) == 4
+    assert [d.box[0] for d in digits] == sorted(d.box[0] for d in digits)
+    assert all(d.image.shape == (28, 28) for d in digits)
