@@ -470,28 +470,22 @@ def predict(
         raise SystemExit(1)
 
 
-def _predict_many(predictor, names: list[str], chunk: int = 512):
+def _predict_many(predictor, names: list[str], chunk: int = 2048):
     """Yield (name, Prediction or ImageError) in order, preparing and predicting in chunks."""
     import numpy as np
 
-    from digitlab.preprocess import ImageError, prepare_image
+    from digitlab.preprocess import ImageError, prepare_many
 
     for start in range(0, len(names), chunk):
-        prepared: list = []
-        for name in names[start : start + chunk]:
-            try:
-                prepared.append(prepare_image(_read_input(name)))
-            except ImageError as error:
-                prepared.append(error)
+        part = names[start : start + chunk]
+        prepared = prepare_many([_read_input(name) for name in part])
         good = [item for item in prepared if not isinstance(item, ImageError)]
         probabilities = iter(predictor.predict_digits(np.stack(good)) if good else [])
-        for name, item in zip(names[start : start + chunk], prepared, strict=True):
-            yield (
-                name,
-                item
-                if isinstance(item, ImageError)
-                else predictor.result_for(item, next(probabilities)),
-            )
+        for name, item in zip(part, prepared, strict=True):
+            if isinstance(item, ImageError):
+                yield name, item
+            else:
+                yield name, predictor.result_for(item, next(probabilities))
 
 
 def main() -> None:
