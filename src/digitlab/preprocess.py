@@ -167,7 +167,7 @@ def ink_polarity(gray: np.ndarray) -> np.ndarray:
         ]
     )
     paper = float(np.median(frame))
-    darkest, lightest = np.percentile(gray, [0.5, 99.5])
+    darkest, lightest = np.percentile(gray, [0.1, 99.9])
     return 1.0 - gray if paper - darkest > lightest - paper else gray
 
 
