@@ -233,6 +233,7 @@ def test_sources_are_tried_in_turn_each_failure_one_line(mirror):
     files = datasets.ensure(spec, report=lines.append)
     assert files.sha256 == spec.sha256
     assert files.source == f"mirror {url}/good/"
+    assert any(line.startswith(f"  downloading {url}/good/") for line in lines)
     failures = [line for line in lines if "failed:" in line]
     assert len(failures) == 3
     assert "HTTP 404" in failures[0]

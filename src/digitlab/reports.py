@@ -1,16 +1,26 @@
-"""Plots from a run: the tutorial's picture of predicted digits, and the training curves."""
+"""Plots and the self-contained HTML report of a run.
+
+Figure builders return matplotlib figures; ``save_figure`` writes one atomically and
+``build_report`` embeds them as PNG data so that ``report.html`` opens anywhere, offline.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import html
+import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from digitlab.fileio import atomic_path
+from digitlab import evaluation
+from digitlab.fileio import atomic_path, atomic_write_text
 
 MISTAKE_COLOUR = "#c62828"
 RIGHT_COLOUR = "#1b5e20"
+REPORT_FILE = "report.html"
+MISTAKES_SHOWN = 20
 
 
 def _pyplot():
@@ -22,15 +32,32 @@ def _pyplot():
     return plt
 
 
-def plot_predictions(
+def save_figure(figure, path: Path) -> Path:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def figure_png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------- figures
+
+
+def digits_figure(
     images: np.ndarray,
     true_labels: Sequence[int],
     predicted: Sequence[int],
-    path: Path,
     label_names: Sequence[str],
-    first_index: int = 0,
+    indices: Sequence[int],
     confidences: Sequence[float] | None = None,
-) -> Path:
+    title: str | None = None,
+):
     """A grid of digits titled with the prediction; mistakes in red with the true label."""
     plt = _pyplot()
     count = len(images)
@@ -43,28 +70,44 @@ def plot_predictions(
             continue
         axis.imshow(images[position], cmap="gray_r")
         right = predicted[position] == true_labels[position]
-        title = f"#{first_index + position}\npred {label_names[predicted[position]]}"
+        caption = f"#{indices[position]}\npred {label_names[predicted[position]]}"
         if confidences is not None:
-            title += f" {confidences[position]:.0%}"
+            caption += f" {confidences[position]:.0%}"
         if not right:
-            title += f"\ntrue {label_names[true_labels[position]]}"
-        axis.set_title(title, fontsize=8, color=RIGHT_COLOUR if right else MISTAKE_COLOUR)
+            caption += f"\ntrue {label_names[true_labels[position]]}"
+        axis.set_title(caption, fontsize=8, color=RIGHT_COLOUR if right else MISTAKE_COLOUR)
     mistakes = sum(p != t for p, t in zip(predicted, true_labels, strict=True))
-    figure.suptitle(
-        f"test digits {first_index}-{first_index + count - 1}: "
-        f"{count - mistakes} of {count} right (mistakes in red)",
-        fontsize=10,
-    )
+    figure.suptitle(title or f"{count - mistakes} of {count} right (mistakes in red)", fontsize=10)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    return path
+    return figure
 
 
-def plot_history(
-    history: dict[str, list[float]], path: Path, test_accuracy: float | None = None
+def plot_predictions(
+    images: np.ndarray,
+    true_labels: Sequence[int],
+    predicted: Sequence[int],
+    path: Path,
+    label_names: Sequence[str],
+    first_index: int = 0,
+    confidences: Sequence[float] | None = None,
 ) -> Path:
+    """The tutorial's picture: a slice of test digits with their predictions, to a PNG."""
+    count = len(images)
+    mistakes = sum(p != t for p, t in zip(predicted, true_labels, strict=True))
+    title = (
+        f"test digits {first_index}-{first_index + count - 1}: "
+        f"{count - mistakes} of {count} right (mistakes in red)"
+    )
+    indices = range(first_index, first_index + count)
+    return save_figure(
+        digits_figure(images, true_labels, predicted, label_names, indices, confidences, title),
+        path,
+    )
+
+
+def history_figure(
+    history: dict[str, list[float]], test_accuracy: float | None = None, best: int | None = None
+):
     """Loss and accuracy per epoch (training and, if held out, validation)."""
     plt = _pyplot()
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -73,6 +116,10 @@ def plot_history(
         axis.plot(epochs, history[metric], "o-", label=f"training {metric}")
         if f"val_{metric}" in history:
             axis.plot(epochs, history[f"val_{metric}"], "s--", label=f"validation {metric}")
+        if best is not None:
+            axis.axvline(
+                best, color=MISTAKE_COLOUR, alpha=0.6, label=f"validation best (epoch {best})"
+            )
         axis.set_xlabel("epoch")
         axis.set_title(metric)
         axis.set_xticks(epochs)
@@ -84,10 +131,73 @@ def plot_history(
     for axis in (loss_axis, accuracy_axis):
         axis.legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    return path
+    return figure
+
+
+def plot_history(
+    history: dict[str, list[float]], path: Path, test_accuracy: float | None = None
+) -> Path:
+    best = evaluation.best_epoch(history)
+    return save_figure(history_figure(history, test_accuracy, best), path)
+
+
+def confusion_figure(matrix: np.ndarray, label_names: Sequence[str]):
+    """The confusion matrix twice: counts, and each row normalised to its true class."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    normalised = evaluation.normalise_rows(matrix)
+    for axis, values, title, fmt in (
+        (axes[0], matrix, "counts", "d"),
+        (axes[1], normalised, "normalised by true class", ".2f"),
+    ):
+        axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        for (row, column), value in np.ndenumerate(values):
+            shade = "white" if normalised[row, column] > 0.5 else "black"
+            axis.text(
+                column, row, format(value, fmt), ha="center", va="center", fontsize=7, color=shade
+            )
+        ticks = range(len(label_names))
+        axis.set_xticks(
+            ticks, label_names, rotation=45 if max(map(len, label_names)) > 2 else 0, fontsize=8
+        )
+        axis.set_yticks(ticks, label_names, fontsize=8)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def reliability_figure(calibration: dict):
+    """Accuracy against confidence per bin: on the diagonal is perfectly calibrated."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    bins = [b for b in calibration["bins"] if b["count"]]
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = calibration["bins"][0]["high"] - calibration["bins"][0]["low"]
+    axis.bar(
+        centres,
+        [b["accuracy"] for b in bins],
+        width=width * 0.9,
+        color="#1565c0",
+        label="accuracy in bin",
+    )
+    axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    axis.plot(
+        centres,
+        [b["confidence"] for b in bins],
+        "o",
+        color=MISTAKE_COLOUR,
+        label="mean confidence in bin",
+    )
+    axis.set_xlabel("confidence")
+    axis.set_ylabel("accuracy")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_title(f"reliability diagram (ECE {calibration['ece']:.4f})")
+    axis.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    return figure
 
 
 def save_inputs(
@@ -108,4 +218,221 @@ def save_inputs(
         sheet.paste(tile, ((index % columns) * (side + gap), (index // columns) * (side + gap)))
     with atomic_path(path) as temporary:
         sheet.save(temporary, format="PNG")
+    return path
+
+
+# ------------------------------------------------------------------------------- the report
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #212121; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .5em 0; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f5f5f5; } td.text, th.text { text-align: left; }
+img { max-width: 100%; height: auto; }
+.note { color: #555; } .bad { color: #c62828; } code { background: #f5f5f5; padding: 0 .2em; }
+"""
+
+
+def _image_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence], text_columns: int = 1) -> str:
+    def cell(tag: str, value, position: int) -> str:
+        css = ' class="text"' if position < text_columns else ""
+        return f"<{tag}{css}>{html.escape(str(value))}</{tag}>"
+
+    head = "".join(cell("th", h, i) for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(cell("td", v, i) for i, v in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _summary_section(manifest: dict) -> str:
+    layers = manifest.get("layers", [])
+    rows = [
+        (layer["name"], layer["type"], str(tuple(layer["output_shape"])), f"{layer['params']:,}")
+        for layer in layers
+    ]
+    total = sum(layer["params"] for layer in layers)
+    return (
+        _table(["layer", "type", "output shape", "parameters"], rows, text_columns=3)
+        + f"<p>Total parameters: <b>{total:,}</b></p>"
+    )
+
+
+def build_report(
+    folder: Path,
+    manifest: dict,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    probabilities: np.ndarray,
+    progress: Callable[[str], None] = lambda step: None,
+) -> Path:
+    """Write ``report.html`` in a run folder: everything about the run, images embedded."""
+    names = manifest["label_names"]
+    predicted = probabilities.argmax(axis=1)
+    confidences = probabilities.max(axis=1)
+    metrics = manifest["metrics"]
+    history = manifest["history"]
+    best = evaluation.best_epoch(history)
+
+    progress("confusion matrix and per-class scores")
+    matrix = evaluation.confusion_matrix(test_labels, predicted, len(names))
+    scores = evaluation.per_class_scores(matrix)
+    mistakes = evaluation.confident_mistakes(test_labels, probabilities, MISTAKES_SHOWN)
+    calibration = evaluation.calibration(test_labels, probabilities)
+
+    progress("plots")
+    shown = min(20, len(test_images))
+    first = _image_tag(
+        figure_png(
+            digits_figure(
+                test_images[:shown],
+                test_labels[:shown],
+                predicted[:shown],
+                names,
+                range(shown),
+                confidences[:shown],
+                f"the first {shown} test digits",
+            )
+        ),
+        "first test digits",
+    )
+    if mistakes:
+        chosen = [m.index for m in mistakes]
+        wrong = _image_tag(
+            figure_png(
+                digits_figure(
+                    test_images[chosen],
+                    test_labels[chosen],
+                    predicted[chosen],
+                    names,
+                    chosen,
+                    confidences[chosen],
+                    "the most confidently wrong test digits",
+                )
+            ),
+            "confident mistakes",
+        )
+    else:
+        wrong = "<p>No test digit is wrong.</p>"
+    curves = _image_tag(
+        figure_png(history_figure(history, metrics["test_accuracy"], best)),
+        "loss and accuracy per epoch",
+    )
+    confusion = _image_tag(figure_png(confusion_figure(matrix, names)), "confusion matrix")
+    reliability = _image_tag(figure_png(reliability_figure(calibration)), "reliability diagram")
+
+    progress("HTML")
+    config = manifest["config"]
+    seconds = manifest.get("epoch_seconds", [])
+    epochs_rows = [
+        (
+            epoch + 1,
+            *(f"{history[key][epoch]:.4f}" for key in sorted(history)),
+            f"{seconds[epoch]:.2f}" if epoch < len(seconds) else "",
+        )
+        for epoch in range(len(history["loss"]))
+    ]
+    epochs_run = len(history["loss"])
+    if best is not None and best < epochs_run:
+        overfit = (
+            f"<p>Validation loss is lowest at epoch <b>{best}</b> of {epochs_run}; later epochs "
+            "fit the training digits better without doing better on held-out ones: that is "
+            "overfitting.</p>"
+        )
+    elif best is not None:
+        overfit = (
+            f"<p>Validation loss is still falling at the last epoch ({epochs_run}): no sign of "
+            "overfitting on held-out digits yet; the train/test gap below still shows some.</p>"
+        )
+    else:
+        overfit = (
+            "<p class='note'>No validation split in this run (train with "
+            "<code>--validation-split 0.1</code> to see where validation stops "
+            "improving).</p>"
+        )
+    gap = metrics["train_accuracy"] - metrics["test_accuracy"]
+    sections = [
+        f"<h1>digitlab run: {html.escape(manifest['model'])} on "
+        f"{html.escape(manifest['dataset'])}</h1>"
+        f"<p class='note'>{html.escape(str(folder))} &middot; created "
+        f"{html.escape(manifest.get('created', ''))}</p>",
+        "<h2 id='configuration'>Configuration</h2>"
+        + _table(["setting", "value"], sorted(config.items()))
+        + _table(["library", "version"], sorted(manifest.get("versions", {}).items()))
+        + f"<p>Training took <b>{manifest.get('train_seconds', 0):.1f} s</b>.</p>",
+        "<h2 id='data'>Data</h2>"
+        + f"<p>Source: {html.escape(str(manifest.get('data_source', '')))}</p>"
+        + _table(["file", "sha256"], sorted(manifest.get("data_sha256", {}).items()), 2),
+        "<h2 id='model'>Model</h2>" + _summary_section(manifest),
+        "<h2 id='training'>Training curves</h2>"
+        + curves
+        + overfit
+        + _table(["epoch", *sorted(history), "seconds"], epochs_rows, 0),
+        "<h2 id='test'>Test results</h2>"
+        + _table(
+            ["", "accuracy", "loss"],
+            [
+                ("test", f"{metrics['test_accuracy']:.4f}", f"{metrics['test_loss']:.4f}"),
+                ("train", f"{metrics['train_accuracy']:.4f}", f"{metrics['train_loss']:.4f}"),
+            ],
+        )
+        + f"<p>Gap (train - test accuracy): <b>{gap:+.4f}</b>"
+        + (
+            " &mdash; the model knows its training digits better than new ones: overfitting."
+            if gap > 0
+            else "."
+        )
+        + "</p>",
+        "<h2 id='confusion'>Confusion matrix</h2>"
+        + confusion
+        + _table(
+            ["true \\ predicted", *names],
+            [(names[k], *matrix[k].tolist()) for k in range(len(names))],
+        ),
+        "<h2 id='per-class'>Precision, recall and F1 per class</h2>"
+        + _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                (
+                    names[k],
+                    f"{s['precision']:.4f}",
+                    f"{s['recall']:.4f}",
+                    f"{s['f1']:.4f}",
+                    s["support"],
+                )
+                for k, s in enumerate(scores)
+            ],
+        ),
+        "<h2 id='predictions'>The first test digits</h2>" + first,
+        "<h2 id='mistakes'>Most confidently wrong</h2>"
+        + wrong
+        + _table(
+            ["test index", "true", "predicted", "confidence"],
+            [
+                (m.index, names[m.true_label], names[m.predicted], f"{m.confidence:.4f}")
+                for m in mistakes
+            ],
+        ),
+        "<h2 id='calibration'>Calibration</h2>"
+        + reliability
+        + f"<p>Expected calibration error: <b>{calibration['ece']:.4f}</b> (10 bins; 0 is "
+        "perfect: when the model says 90%, it is right 90% of the time).</p>",
+    ]
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>digitlab report: {html.escape(folder.name)}</title>"
+        f"<style>{STYLE}</style></head><body>"
+        + "\n".join(f"<section>{s}</section>" for s in sections)
+        + "</body></html>\n"
+    )
+    path = folder / REPORT_FILE
+    atomic_write_text(path, page)
     return path

@@ -1,0 +1,110 @@
+"""Pure functions over labels and probabilities: accuracy, confusion, per-class scores, mistakes,
+calibration, and where validation stops improving. NumPy in, plain numbers out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CALIBRATION_BINS = 10  # equal-width confidence bins, as in Guo et al. 2017
+
+
+def accuracy(true_labels: np.ndarray, predicted: np.ndarray) -> float:
+    true_labels, predicted = np.asarray(true_labels), np.asarray(predicted)
+    return float(np.mean(true_labels == predicted)) if len(true_labels) else 0.0
+
+
+def confusion_matrix(
+    true_labels: np.ndarray, predicted: np.ndarray, num_classes: int = 10
+) -> np.ndarray:
+    """(num_classes, num_classes) counts: row = true label, column = prediction."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(true_labels), np.asarray(predicted)), 1)
+    return matrix
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row as fractions of its true class (a row with no examples stays zero)."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+
+
+def per_class_scores(matrix: np.ndarray) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support for each class, from a confusion matrix."""
+    scores = []
+    for k in range(matrix.shape[0]):
+        true_positive = matrix[k, k]
+        predicted_k, actual_k = matrix[:, k].sum(), matrix[k, :].sum()
+        precision = true_positive / predicted_k if predicted_k else 0.0
+        recall = true_positive / actual_k if actual_k else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append(
+            {
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1),
+                "support": int(actual_k),
+            }
+        )
+    return scores
+
+
+@dataclass
+class Mistake:
+    index: int
+    true_label: int
+    predicted: int
+    confidence: float
+
+
+def confident_mistakes(
+    true_labels: np.ndarray, probabilities: np.ndarray, count: int = 20
+) -> list[Mistake]:
+    """The wrong predictions the model was surest of, surest first."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != true_labels)
+    order = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    return [
+        Mistake(int(i), int(true_labels[i]), int(predicted[i]), float(confidence[i])) for i in order
+    ]
+
+
+def calibration(
+    true_labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS
+) -> dict:
+    """Reliability diagram data and the expected calibration error (ECE).
+
+    ECE = sum over bins of (share of examples in the bin) * |accuracy - mean confidence|.
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == true_labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        chosen = which == b
+        count = int(chosen.sum())
+        bin_accuracy = float(correct[chosen].mean()) if count else 0.0
+        bin_confidence = float(confidence[chosen].mean()) if count else 0.0
+        ece += count / max(len(confidence), 1) * abs(bin_accuracy - bin_confidence)
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": count,
+                "accuracy": bin_accuracy,
+                "confidence": bin_confidence,
+            }
+        )
+    return {"bins": rows, "ece": float(ece)}
+
+
+def best_epoch(history: dict[str, list[float]]) -> int | None:
+    """1-based epoch of the lowest validation loss (after it, the model starts to overfit);
+    None without a validation split."""
+    losses = history.get("val_loss")
+    if not losses:
+        return None
+    return int(np.argmin(losses)) + 1
