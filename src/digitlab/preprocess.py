@@ -27,8 +27,8 @@ STROKE_CANVAS = 80  # stroke thickness is measured and adjusted with the digit a
 # as 2 * ink area / ink perimeter: median 0.13, 10th-90th percentile 0.105-0.18.
 MNIST_STROKE = 0.13
 THIN_STROKE = 0.10  # thinner than this (a ballpoint in a photo) is thickened to MNIST_STROKE
-THICK_STROKE = 0.24  # thicker than this (a marker) is thinned to THINNED_STROKE
-THINNED_STROKE = 0.17
+THICK_STROKE = 0.24  # thicker than this (a marker) is thinned back to it: a just-too-thick
+# stroke changes just a little, so the output does not jump at the threshold
 MIN_CONTRAST = 0.12  # ink brighter than the background by less than this (0-1 scale): empty
 MIN_INK_FRACTION = 0.0004  # of the image's pixels; fewer: nothing written there
 SPECK_FRACTION = 0.04  # ink blobs smaller than this fraction of the largest are noise
@@ -210,8 +210,14 @@ def flatten_background(gray: np.ndarray) -> np.ndarray:
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
-    histogram, edges = np.histogram(values, bins=128)
-    centres = (edges[:-1] + edges[1:]) / 2
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return low
+    bins = 128
+    # np.bincount on quantised values: the same histogram as np.histogram, several times faster
+    quantised = np.minimum(((values - low) * (bins / (high - low))).astype(np.intp), bins - 1)
+    histogram = np.bincount(quantised.ravel(), minlength=bins)
+    centres = low + (np.arange(bins) + 0.5) * ((high - low) / bins)
     weight_low = np.cumsum(histogram)
     weight_high = weight_low[-1] - weight_low
     mean_low = np.cumsum(histogram * centres) / np.maximum(weight_low, 1)
@@ -239,16 +245,16 @@ def isolate_ink(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if count == 0:
         raise EmptyImageError("no digit found: the image is blank or too faint")
     areas = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-    keep_ids = np.flatnonzero(areas >= SPECK_FRACTION * areas.max()) + 1
-    kept = np.isin(labels, keep_ids)
+    keep = np.concatenate([[False], areas >= SPECK_FRACTION * areas.max()])
+    kept = keep[labels]
     if kept.sum() < max(4, MIN_INK_FRACTION * flat.size):
         raise EmptyImageError("no digit found: only specks of ink")
     # Soft edges (anti-aliasing) near kept strokes survive; everything away from them is zeroed.
-    near = ndimage.binary_dilation(kept, iterations=2)
+    near = ndimage.maximum_filter(kept, size=5)
     low = paper + 0.5 * (threshold - paper)
     soft = np.clip((smooth - low) / max(ink_level - low, 1e-6), 0.0, 1.0) * near
-    relabelled, _ = ndimage.label(kept, structure=np.ones((3, 3)))
-    return soft.astype(np.float32), relabelled
+    renumber = np.cumsum(keep) * keep  # kept blobs numbered 1, 2, ...; dropped ones 0
+    return soft.astype(np.float32), renumber[labels]
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -285,16 +291,24 @@ def _disc(radius: int) -> np.ndarray:
 
 
 def match_stroke(digit: np.ndarray) -> np.ndarray:
-    """Thicken a thin pen line (or thin a marker) towards MNIST's stroke, at 80 px."""
+    """Thicken a thin pen line (or thin a marker) towards MNIST's stroke, at 80 px.
+
+    A digit already within MNIST's range of stroke widths is returned as it is.
+    """
+    measured = (
+        digit if max(digit.shape) <= STROKE_CANVAS else _scale_longer_side(digit, STROKE_CANVAS)
+    )
+    relative = stroke_thickness(measured)
+    if THIN_STROKE <= relative <= THICK_STROKE:
+        return digit
     canvas = np.pad(_scale_longer_side(digit, STROKE_CANVAS), STROKE_CANVAS // 4)
-    relative = stroke_thickness(canvas) * max(canvas.shape) / STROKE_CANVAS
     if relative < THIN_STROKE:
         # Dilating by r widens the stroke by 2r and the digit's box by 2r too.
         width = relative * STROKE_CANVAS
         radius = int(np.ceil((MNIST_STROKE * STROKE_CANVAS - width) / (2 * (1 - MNIST_STROKE))))
         canvas = ndimage.grey_dilation(canvas, footprint=_disc(radius)) if radius > 0 else canvas
     elif relative > THICK_STROKE:
-        radius = round((relative - THINNED_STROKE) * STROKE_CANVAS / 2)
+        radius = round((relative - THICK_STROKE) * STROKE_CANVAS / 2)
         thinned = ndimage.grey_erosion(canvas, footprint=_disc(radius)) if radius > 0 else canvas
         canvas = thinned if (thinned > 0.5).sum() > 0.2 * (canvas > 0.5).sum() else canvas
     return _crop_to_ink(canvas)
@@ -304,7 +318,9 @@ def centre_by_mass(digit: np.ndarray) -> np.ndarray:
     """Scale the longer side to 20 px and place it in 28x28 with its centre of mass centred."""
     box = _scale_longer_side(digit, MNIST_BOX)
     height, width = box.shape
-    centre_y, centre_x = ndimage.center_of_mass(box)
+    total = float(box.sum())
+    centre_y = float(box.sum(axis=1) @ np.arange(height)) / total
+    centre_x = float(box.sum(axis=0) @ np.arange(width)) / total
     top = int(np.clip(round(MNIST_SIDE / 2 - centre_y), 0, MNIST_SIDE - height))
     left = int(np.clip(round(MNIST_SIDE / 2 - centre_x), 0, MNIST_SIDE - width))
     canvas = np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
