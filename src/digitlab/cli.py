@@ -609,6 +609,65 @@ def _predict_many(predictor, names: list[str], chunk: int = 2048):
                 yield name, predictor.result_for(item, next(probabilities))
 
 
+@cli.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface).",
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--max-body-mb",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 100),
+    help="Larger request bodies are refused (413) before they are read.",
+)
+@click.option(
+    "--max-concurrent",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Predictions in flight at once; beyond it a fast 503 with Retry-After.",
+)
+def serve(
+    run_dir: Path | None, host: str, port: int, max_body_mb: float, max_concurrent: int
+) -> None:
+    """Serve the draw-a-digit page and the JSON API (docs at /docs).
+
+    The model is loaded once; the page and its scripts are served from the package, so it
+    works with no internet.
+    """
+    import gc
+    import logging
+
+    import uvicorn
+
+    from digitlab.predict import Predictor
+    from digitlab.web.app import create_app
+
+    predictor = Predictor.from_run(run_dir)
+    app = create_app(
+        predictor, max_body_bytes=int(max_body_mb * 2**20), max_concurrent=max_concurrent
+    )
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
+    # Everything loaded so far lives as long as the server: keep it out of the garbage
+    # collector's full passes, which otherwise show up as latency spikes under load.
+    gc.collect()
+    gc.freeze()
+    click.echo(
+        f"serving {predictor.manifest.get('model')} from "
+        f"{predictor.manifest.get('dataset')} on http://{host}:{port}/",
+        err=True,
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind, after logging why
+        raise DigitlabError(f"cannot serve on {host}:{port} (is the port in use?)") from exit_
+
+
 def main() -> None:
     cli(prog_name="digitlab")
 

@@ -1,0 +1,170 @@
+// The draw-a-digit page: strokes on a canvas, debounced POSTs to /api/predict, the answer shown.
+"use strict";
+
+const pad = document.getElementById("pad");
+const context = pad.getContext("2d");
+const PEN_WIDTH = 22; // px on the 280 px canvas: MNIST's stroke is ~13% of a digit's height
+const DEBOUNCE_MS = 150;
+const strokes = []; // each stroke: an array of [x, y] in canvas pixels
+let drawing = null;
+let timer = null;
+let pending = null;
+
+function clearCanvas() {
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, pad.width, pad.height);
+}
+
+function drawStroke(points) {
+  context.strokeStyle = "#000";
+  context.lineWidth = PEN_WIDTH;
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.beginPath();
+  context.moveTo(points[0][0], points[0][1]);
+  for (const [x, y] of points.slice(1)) context.lineTo(x, y);
+  if (points.length === 1) context.lineTo(points[0][0] + 0.1, points[0][1]);
+  context.stroke();
+}
+
+function redraw() {
+  clearCanvas();
+  strokes.forEach(drawStroke);
+}
+
+function position(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * (pad.width / box.width),
+          (event.clientY - box.top) * (pad.height / box.height)];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  pad.setPointerCapture(event.pointerId);
+  drawing = [position(event)];
+  strokes.push(drawing);
+  redraw();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  drawing.push(position(event));
+  redraw();
+  schedule();
+});
+const endStroke = () => {
+  if (!drawing) return;
+  drawing = null;
+  schedule(0);
+};
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function undo() {
+  strokes.pop();
+  redraw();
+  strokes.length ? schedule(0) : showEmpty();
+}
+function clearAll() {
+  strokes.length = 0;
+  redraw();
+  showEmpty();
+}
+document.getElementById("undo").addEventListener("click", undo);
+document.getElementById("clear").addEventListener("click", clearAll);
+document.getElementById("number").addEventListener("change", () => strokes.length && schedule(0));
+document.addEventListener("keydown", (event) => {
+  if ((event.ctrlKey || event.metaKey) && event.key === "z") { event.preventDefault(); undo(); }
+  if (event.key === "Escape") clearAll();
+});
+
+function schedule(delay = DEBOUNCE_MS) {
+  clearTimeout(timer);
+  timer = setTimeout(() => pad.toBlob((blob) => send(blob, "image/png"), "image/png"), delay);
+}
+
+async function send(body, type) {
+  const number = document.getElementById("number").checked;
+  const controller = new AbortController();
+  if (pending) pending.abort(); // only the newest drawing matters
+  pending = controller;
+  try {
+    const response = await fetch(`/api/predict${number ? "?number=true" : ""}`, {
+      method: "POST", headers: { "Content-Type": type || "application/octet-stream" },
+      body, signal: controller.signal,
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      showError(response.status, answer.error || response.statusText);
+      return;
+    }
+    show(answer);
+  } catch (error) {
+    if (error.name !== "AbortError") showError(0, "the server cannot be reached");
+  }
+}
+
+function showError(status, message) {
+  const box = document.getElementById("error");
+  const advice = {
+    413: "That file is too large.",
+    415: "That is not an image.",
+    422: "The model could not read a digit there.",
+    503: "The server is busy: try again in a moment.",
+  }[status] || "Something went wrong.";
+  box.textContent = `${advice} (${message})`;
+  box.hidden = false;
+  document.getElementById("label").textContent = "?";
+  document.getElementById("confidence").textContent = "";
+}
+
+function showEmpty() {
+  document.getElementById("error").hidden = true;
+  document.getElementById("label").textContent = "\u2013";
+  document.getElementById("confidence").textContent = "";
+  document.getElementById("bars").replaceChildren();
+  document.getElementById("seen").hidden = true;
+}
+
+function show(answer) {
+  document.getElementById("error").hidden = true;
+  const digits = answer.digits || [answer];
+  document.getElementById("label").textContent = answer.text ?? answer.label_name;
+  document.getElementById("confidence").textContent =
+    `${(100 * answer.confidence).toFixed(1)}% sure`;
+  const probabilities = digits[0].probabilities; // for a number: its first digit
+  const best = probabilities.indexOf(Math.max(...probabilities));
+  const bars = probabilities.map((p, digit) => {
+    const item = document.createElement("li");
+    item.className = digit === best ? "top" : "";
+    item.setAttribute("aria-label", `${digit}: ${(100 * p).toFixed(1)}%`);
+    item.innerHTML = `<span>${digit}</span><span class="bar"><span class="fill"
+      style="width:${(100 * p).toFixed(1)}%"></span></span><span>${(100 * p).toFixed(1)}%</span>`;
+    return item;
+  });
+  document.getElementById("bars").replaceChildren(...bars);
+  const seen = document.getElementById("seen");
+  seen.src = `data:image/png;base64,${answer.input_png}`;
+  seen.style.width = `${112 * digits.length}px`;
+  seen.hidden = false;
+}
+
+// Upload: a file chosen, or dropped on the zone (Enter or Space on the zone opens the chooser).
+const drop = document.getElementById("drop");
+const fileInput = document.getElementById("file");
+const upload = (file) => file && send(file, file.type);
+fileInput.addEventListener("change", () => upload(fileInput.files[0]));
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") { event.preventDefault(); fileInput.click(); }
+});
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  upload(event.dataTransfer.files[0]);
+});
+
+fetch("/api/model").then((r) => r.json()).then((model) => {
+  const accuracy = model.test_accuracy ? ` (${(100 * model.test_accuracy).toFixed(2)}% on the test set)` : "";
+  document.getElementById("model-info").textContent = `Model: ${model.model} trained on ${model.dataset}${accuracy}`;
+}).catch(() => {});
+clearCanvas();
