@@ -368,17 +368,35 @@ def prepare_image(source) -> np.ndarray:
     return _finish(soft, rows, columns).image
 
 
+# Side-by-side blobs closer than TOUCHING_GAP times the tallest blob's height belong to one digit
+# (an open 4 written in two strokes) if one of them is shorter than PART_HEIGHT times that height
+# (two full-height strokes are two digits: "11") and together they are no wider than a digit.
+TOUCHING_GAP = 0.2
+PART_HEIGHT = 0.8
+MAX_DIGIT_WIDTH = 1.1
+
+
 def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
-    """Ink blobs -> digits, left to right; a blob mostly above or below another joins it."""
+    """Ink blobs -> digits, left to right.
+
+    A blob mostly above or below another joins it (the bar of a 5); so do blobs nearly touching
+    side by side when together they are no wider than a digit (an open 4 written in two strokes).
+    """
     groups: list[list] = []  # [left, right, top, bottom, ids]
     boxes = ndimage.find_objects(blobs)
     order = sorted(range(len(boxes)), key=lambda i: boxes[i][1].start)
+    tallest = max(rows.stop - rows.start for rows, _ in boxes)
     for index in order:
         rows, columns = boxes[index]
         if groups:
             last = groups[-1]
             overlap = min(last[1], columns.stop) - max(last[0], columns.start)
-            if overlap >= 0.5 * min(columns.stop - columns.start, last[1] - last[0]):
+            stacked = overlap >= 0.5 * min(columns.stop - columns.start, last[1] - last[0])
+            touching = (
+                columns.start - last[1] < TOUCHING_GAP * tallest
+                and max(last[1], columns.stop) - last[0] <= MAX_DIGIT_WIDTH * tallest
+            )
+            if stacked or touching:
                 last[0], last[1] = min(last[0], columns.start), max(last[1], columns.stop)
                 last[2], last[3] = min(last[2], rows.start), max(last[3], rows.stop)
                 last[4].append(index + 1)

@@ -1,0 +1,315 @@
+"""The web service: every route and error code in-process, then the page in a real browser."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from digitlab import datasets
+from digitlab.predict import Predictor
+from digitlab.web.app import MAX_BATCH, Guard, create_app
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mnist_test(mnist_run):
+    from conftest import REAL_HOME
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIGITLAB_HOME", str(REAL_HOME))
+        patch.setenv("DIGITLAB_OFFLINE", "1")
+        _, (x_test, y_test) = datasets.load_data("mnist", report=lambda line: None)
+    return x_test, y_test
+
+
+@pytest.fixture(scope="module")
+def client(mnist_run):
+    with TestClient(create_app(Predictor.from_run(mnist_run))) as test_client:
+        yield test_client
+
+
+def paper(digit: np.ndarray) -> bytes:
+    """An MNIST digit as dark ink on a light 120 px canvas, as a PNG."""
+    canvas = np.full((120, 120), 235, np.uint8)
+    big = np.array(Image.fromarray(digit).resize((84, 84)))
+    canvas[18:102, 18:102] = np.minimum(canvas[18:102, 18:102], 255 - big)
+    return png(canvas)
+
+
+# ------------------------------------------------------------------------------- the routes
+
+
+def test_the_page_and_its_files_are_served_locally(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.text) > 500
+        assert "https://" not in response.text and "http://" not in response.text  # no CDN
+    assert "https://" not in page.text
+
+
+def test_health_model_and_docs(client, mnist_run):
+    assert client.get("/api/health").json() == {"status": "ok", "model": "mlp"}
+    model = client.get("/api/model").json()
+    manifest = json.loads((mnist_run / "metrics.json").read_text())
+    assert model["test_accuracy"] == manifest["metrics"]["test_accuracy"]
+    assert model["data_sha256"] == manifest["data_sha256"] and model["dataset"] == "mnist"
+    assert {"created", "model", "label_names", "versions"} <= set(model)
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/predict", "/api/predict/batch", "/api/health", "/api/model"} <= set(paths)
+
+
+def test_predict_a_raw_image_body(client, mnist_test):
+    x_test, y_test = mnist_test
+    answer = client.post(
+        "/api/predict", content=paper(x_test[0]), headers={"Content-Type": "image/png"}
+    ).json()
+    assert answer["label"] == y_test[0] == 7
+    assert len(answer["probabilities"]) == 10 and answer["confidence"] > 0.5
+    seen = Image.open(io.BytesIO(base64.b64decode(answer["input_png"])))
+    assert seen.size == (28, 28)
+
+
+def test_predict_a_multipart_file_and_json_pixels(client, mnist_test):
+    x_test, y_test = mnist_test
+    form = client.post("/api/predict", files={"file": ("two.png", paper(x_test[1]), "image/png")})
+    assert form.status_code == 200 and form.json()["label"] == y_test[1]
+    pixels = client.post("/api/predict", json={"pixels": x_test[2].tolist()})
+    assert pixels.status_code == 200 and pixels.json()["label"] == y_test[2]
+
+
+def test_predict_a_number(client, mnist_test):
+    x_test, y_test = mnist_test
+    indices = [int(np.flatnonzero(y_test == digit)[0]) for digit in (4, 0, 3)]
+    strip = np.hstack([np.pad(x_test[i], ((4, 4), (6, 6))) for i in indices])
+    response = client.post(
+        "/api/predict?number=true", content=png(255 - strip), headers={"Content-Type": "image/png"}
+    )
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["text"] == "403" and len(answer["digits"]) == 3
+
+
+def test_batch_answers_each_image_and_fails_only_the_bad_one(client, mnist_test):
+    x_test, y_test = mnist_test
+    files = [("files", (f"{i}.png", paper(x_test[i]), "image/png")) for i in range(3)]
+    files.append(("files", ("bad.png", b"not an image", "image/png")))
+    results = client.post("/api/predict/batch", files=files).json()["results"]
+    assert [r.get("label") for r in results[:3]] == y_test[:3].tolist()
+    assert results[3] == {"name": "bad.png", "error": "not an image file digitlab can read"}
+    as_json = client.post(
+        "/api/predict/batch", json={"images": [{"pixels": x_test[i].tolist()} for i in range(2)]}
+    )
+    assert [r["label"] for r in as_json.json()["results"]] == y_test[:2].tolist()
+    too_many = client.post(
+        "/api/predict/batch", json={"images": [x_test[0].tolist()] * (MAX_BATCH + 1)}
+    )
+    assert too_many.status_code == 413
+
+
+# ---------------------------------------------------------------------------- error codes
+
+NOISE_PNG = png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (b"hello", "text/plain", 415, "unsupported content type text/plain"),
+        (b"", "", 415, "unsupported content type (none)"),
+        (b"not an image", "image/png", 422, "not an image file"),
+        (b"", "image/png", 422, "the file is empty"),
+        (png(np.full((50, 50), 255, np.uint8)), "image/png", 422, "no digit found"),
+        (NOISE_PNG[: len(NOISE_PNG) // 2], "image/png", 422, "truncated or corrupt"),
+        (b"{not json", "application/json", 422, "not valid JSON"),
+        (b'{"pixels": [[1, 2], [3, 4]]}', "application/json", 422, "28x28"),
+        (b'{"pixels": "abc"}', "application/json", 422, "28 rows of 28 numbers"),
+        (b"[1, 2]", "application/json", 422, "expected a JSON object"),
+        (json.dumps({"pixels": [[300] * 28] * 28}).encode(), "application/json", 422, "0 to 255"),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_clear_message(client, body, content_type, status, message):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/api/predict", content=body, headers=headers)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_an_oversize_body_is_refused_before_it_is_read(mnist_run):
+    app = create_app(Predictor.from_run(mnist_run), max_body_bytes=1000)
+    with TestClient(app) as small:
+        declared = small.post(
+            "/api/predict", content=b"x" * 5000, headers={"Content-Type": "image/png"}
+        )
+        assert declared.status_code == 413 and "over the limit" in declared.json()["error"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b"x" * 500
+
+        streamed = small.post(
+            "/api/predict", content=chunks(), headers={"Content-Type": "image/png"}
+        )
+        assert streamed.status_code == 413
+
+
+def test_too_many_at_once_get_a_fast_503_and_health_still_answers():
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):  # stands in for a prediction that takes a while
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    guard = Guard(slow_app, max_body_bytes=1000, max_concurrent=2)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            busy = [asyncio.create_task(http.post("/api/predict", content=b"x")) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            refused = await http.post("/api/predict", content=b"x")
+            refused_seconds = time.perf_counter() - started
+            assert guard.in_flight == 2
+            release.set()
+            done = await asyncio.gather(*busy)
+            return refused, refused_seconds, done
+
+    refused, seconds, done = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "too many requests" in refused.json()["error"]
+    assert seconds < 0.5
+    assert [r.status_code for r in done] == [200, 200]
+    assert guard.in_flight == 0
+
+
+def test_one_log_line_per_request(client, caplog):
+    with caplog.at_level(logging.INFO, logger="digitlab.web"):
+        client.get("/api/health")
+        client.post("/api/predict", content=b"x", headers={"Content-Type": "text/plain"})
+    lines = [record.getMessage() for record in caplog.records if record.name == "digitlab.web"]
+    assert len(lines) == 2
+    assert lines[0].startswith("GET /api/health 200 ") and lines[1].startswith(
+        "POST /api/predict 415"
+    )
+
+
+# ------------------------------------------------------------------------- a real browser
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(mnist_run):
+    """A real `digitlab serve` on 127.0.0.1, as a user starts it."""
+    port = free_port()
+    digitlab = Path(sys.executable).with_name("digitlab")
+    server = subprocess.Popen(
+        [str(digitlab), "serve", "--run", str(mnist_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "DIGITLAB_OFFLINE": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        pytest.fail(f"digitlab serve did not start: {server.stdout.read().decode()[-2000:]}")
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+STROKES = {
+    # Digits as pen strokes in a 0-1 box (x right, y down), drawn with the mouse.
+    "1": [[(0.52, 0.12), (0.50, 0.88)]],
+    "7": [[(0.22, 0.15), (0.78, 0.15), (0.45, 0.88)]],
+    "0": [[(0.5 + 0.24 * np.sin(t), 0.5 - 0.36 * np.cos(t)) for t in np.linspace(0, 6.4, 40)]],
+}
+
+
+def draw(page, strokes) -> None:
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for start, end in zip(points, points[1:], strict=False):
+            for step in np.linspace(0, 1, 6)[1:]:  # several moves per segment, like a hand
+                page.mouse.move(
+                    start[0] + step * (end[0] - start[0]), start[1] + step * (end[1] - start[1])
+                )
+        page.mouse.up()
+
+
+@pytest.mark.slow
+def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test, tmp_path):
+    x_test, y_test = mnist_test
+    page = browser.new_page(viewport={"width": 900, "height": 800})
+    page.goto(served)
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('mnist')")
+    shots = Path(os.environ.get("DIGITLAB_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    for digit, strokes in STROKES.items():
+        page.keyboard.press("Escape")  # clear, from the keyboard
+        page.wait_for_function("document.getElementById('label').textContent === '\u2013'")
+        draw(page, strokes)
+        page.wait_for_function(
+            f"document.getElementById('label').textContent === '{digit}'", timeout=10_000
+        )
+        assert page.locator("#bars li").count() == 10
+        assert page.locator("#seen").evaluate("img => img.complete && img.naturalWidth === 28")
+        page.screenshot(path=str(shots / f"drawn-{digit}.png"))
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(paper(x_test[0]))
+    page.locator("#file").set_input_files(str(photo))
+    page.wait_for_function(f"document.getElementById('label').textContent === '{y_test[0]}'")
+    page.screenshot(path=str(shots / "uploaded.png"))
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not an image")
+    page.locator("#file").set_input_files(str(text_file))
+    alert = page.locator("#error")
+    alert.wait_for(state="visible")
+    assert "not an image" in alert.text_content().lower()
+
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True)
+    phone.goto(served)
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # no sideways scrolling on a phone
+    phone.screenshot(path=str(shots / "phone.png"), full_page=True)
+    phone.close()
+    page.close()
