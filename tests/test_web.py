@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -198,7 +199,9 @@ def test_too_many_at_once_get_a_fast_503_and_health_still_answers():
             done = await asyncio.gather(*busy)
             return refused, refused_seconds, done
 
-    refused, seconds, done = asyncio.run(scenario())
+    # A thread of its own: Playwright's sync API may already run an event loop in this one.
+    with ThreadPoolExecutor(1) as thread:
+        refused, seconds, done = thread.submit(asyncio.run, scenario()).result()
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "too many requests" in refused.json()["error"]
     assert seconds < 0.5
