@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export KERAS_BACKEND ?= jax
 
-.PHONY: run test test-fast bench lint data browser clean
+.PHONY: run test test-fast bench lint data system-packages clean
 
 # The package and its runtime dependencies; redone when pyproject.toml changes.
 $(BIN)/digitlab: pyproject.toml
@@ -19,26 +19,36 @@ $(VENV)/.dev: $(BIN)/digitlab
 
 data: $(BIN)/digitlab
 	$(BIN)/digitlab data fetch --dataset mnist
-	$(BIN)/digitlab data fetch --dataset fashion-mnist || echo "fashion-mnist not fetched: its tests will be skipped"
+	$(BIN)/digitlab data fetch --dataset fashion-mnist || echo "fashion-mnist not fetched: only its test needs it"
 
-# Debian's chromium for the browser tests (Playwright's own browser download cannot work here).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
-	  else echo "chromium is missing: sudo apt-get install chromium"; exit 1; fi; }
+# Debian packages the tests use: chromium for the browser tests (Playwright's own browser
+# download cannot work here) and dataset-fashion-mnist (the Fashion-MNIST source used offline).
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 run: data
 	$(BIN)/digitlab train
 
-test: $(VENV)/.dev data browser
+test: $(VENV)/.dev system-packages data
 	$(BIN)/python -m pytest
 
 # Everything but the tests that train on real MNIST or drive a browser.
 test-fast: $(VENV)/.dev
 	$(BIN)/python -m pytest -m "not slow"
 
+# Each benchmark prints and writes JSON to benchmarks/results/; they train and predict with
+# the newest run in ./runs (make run makes one).
 bench: $(VENV)/.dev data
-	$(BIN)/python benchmarks/seed_pipeline.py
+	cd benchmarks && ../$(BIN)/python seed_pipeline.py
+	cd benchmarks && ../$(BIN)/python predict_speed.py --run ../runs/latest
+	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest
+	cd benchmarks && ../$(BIN)/python serve_load.py --run ../runs/latest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks

@@ -283,3 +283,17 @@ def test_real_mnist_matches_keras_load_data(real_mnist):
     assert np.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert y_test[:20].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
     assert np.bincount(y_train).tolist()[:3] == [5923, 6742, 5958]
+
+
+def test_real_fashion_mnist_loads_the_same_way(monkeypatch):
+    from conftest import REAL_HOME
+
+    monkeypatch.setenv("DIGITLAB_HOME", str(REAL_HOME))
+    monkeypatch.setenv("DIGITLAB_OFFLINE", "1")
+    (x_train, y_train), (x_test, y_test) = datasets.load_data("fashion-mnist", report=print)
+    assert (x_train.shape, x_test.shape) == ((60000, 28, 28), (10000, 28, 28))
+    assert x_train.dtype == y_train.dtype == np.uint8
+    # Fashion-MNIST is balanced: 6,000 training and 1,000 test images of each class.
+    assert np.bincount(y_train).tolist() == [6000] * 10
+    assert np.bincount(y_test).tolist() == [1000] * 10
+    assert datasets.FASHION_MNIST.label_names[9] == "Ankle boot"
