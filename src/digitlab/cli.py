@@ -225,12 +225,7 @@ def train(
         reports.plot_history(
             result.history, folder / "history.png", test_accuracy=metrics["test_accuracy"]
         )
-        probabilities = result.model.predict(
-            models.prepare(x_test, models.INPUT_SHAPES[config.model]),
-            batch_size=training.EVALUATE_BATCH_SIZE,
-            verbose=0,
-        )
-        report_path = _build_report(folder, manifest, x_test, y_test, probabilities)
+        report_path = _build_report(folder, manifest, x_test, y_test, result.test_probabilities)
     artifacts.mark_latest(final_dir)
     seconds = result.epoch_seconds
     click.echo(

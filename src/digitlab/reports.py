@@ -58,26 +58,43 @@ def digits_figure(
     confidences: Sequence[float] | None = None,
     title: str | None = None,
 ):
-    """A grid of digits titled with the prediction; mistakes in red with the true label."""
+    """A grid of digits titled with the prediction; mistakes in red with the true label.
+
+    Drawn as one mosaic image with text over it: a matplotlib axes per digit took ~0.9 s for
+    20 digits, most of `digitlab train`'s plotting time.
+    """
     plt = _pyplot()
     count = len(images)
     columns = min(10, max(count, 1))
     rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.9 * rows), squeeze=False)
-    for position, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if position >= count:
-            continue
-        axis.imshow(images[position], cmap="gray_r")
+    caption_band, gap = 26, 4  # pixels above each 28x28 digit, and between digits
+    cell_width, cell_height = 28 + gap, 28 + caption_band
+    mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
+    width = 1.05 * columns  # inches; the height follows the mosaic's shape, plus the title
+    figure, axis = plt.subplots(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 0.45))
+    for position in range(count):
+        row, column = divmod(position, columns)
+        top, left = row * cell_height + caption_band, column * cell_width + gap // 2
+        mosaic[top : top + 28, left : left + 28] = images[position]
         right = predicted[position] == true_labels[position]
         caption = f"#{indices[position]}\npred {label_names[predicted[position]]}"
         if confidences is not None:
             caption += f" {confidences[position]:.0%}"
         if not right:
             caption += f"\ntrue {label_names[true_labels[position]]}"
-        axis.set_title(caption, fontsize=8, color=RIGHT_COLOUR if right else MISTAKE_COLOUR)
+        axis.text(
+            left + 14,
+            top - 2,
+            caption,
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=RIGHT_COLOUR if right else MISTAKE_COLOUR,
+        )
+    axis.imshow(mosaic, cmap="gray_r", interpolation="nearest")
+    axis.axis("off")
     mistakes = sum(p != t for p, t in zip(predicted, true_labels, strict=True))
-    figure.suptitle(title or f"{count - mistakes} of {count} right (mistakes in red)", fontsize=10)
+    axis.set_title(title or f"{count - mistakes} of {count} right (mistakes in red)", fontsize=10)
     figure.tight_layout()
     return figure
 
