@@ -296,11 +296,14 @@ def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test,
         assert page.locator("#seen").evaluate("img => img.complete && img.naturalWidth === 28")
         page.screenshot(path=str(shots / f"drawn-{digit}.png"))
 
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(paper(x_test[0]))
-    page.locator("#file").set_input_files(str(photo))
-    page.wait_for_function(f"document.getElementById('label').textContent === '{y_test[0]}'")
-    page.screenshot(path=str(shots / "uploaded.png"))
+    # An MNIST test digit saved as a PNG as it is, then the same on a sheet of paper.
+    for name, data, index in (("mnist.png", png(x_test[1]), 1), ("photo.png", paper(x_test[0]), 0)):
+        (tmp_path / name).write_bytes(data)
+        page.locator("#file").set_input_files(str(tmp_path / name))
+        page.wait_for_function(
+            f"document.getElementById('label').textContent === '{y_test[index]}'"
+        )
+        page.screenshot(path=str(shots / f"uploaded-{name}"))
 
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not an image")
