@@ -319,3 +319,19 @@ def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test,
     phone.screenshot(path=str(shots / "phone.png"), full_page=True)
     phone.close()
     page.close()
+
+
+def test_serve_on_a_busy_port_is_one_clear_line(mnist_run):
+    from click.testing import CliRunner
+
+    from digitlab.cli import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--run", str(mnist_run), "--port", str(port)])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip() == f"Error: cannot serve on 127.0.0.1:{port}: Address already in use"
+    )

@@ -569,7 +569,10 @@ def predict(
             answer(name, result)
     else:
         # A bar on the terminal (standard error) for long folders; plain output stays clean.
-        with click.progressbar(length=len(names), label="predicting", file=sys.stderr) as bar:
+        long_run = len(names) >= 100 and sys.stderr.isatty()  # a bar only where one helps
+        with click.progressbar(
+            length=len(names), label="predicting", file=sys.stderr, hidden=not long_run
+        ) as bar:
             for name, result in _predict_many(predictor, names):
                 bar.update(1)
                 if isinstance(result, ImageError):
@@ -643,6 +646,7 @@ def serve(
     from digitlab.predict import Predictor
     from digitlab.web.app import create_app
 
+    _check_can_listen(host, port)
     predictor = Predictor.from_run(run_dir)
     app = create_app(
         predictor, max_body_bytes=int(max_body_mb * 2**20), max_concurrent=max_concurrent
@@ -660,7 +664,20 @@ def serve(
     try:
         uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
     except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind, after logging why
-        raise DigitlabError(f"cannot serve on {host}:{port} (is the port in use?)") from exit_
+        raise DigitlabError(f"cannot serve on {host}:{port}") from exit_
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail with one clear line before the model server starts, not with uvicorn's log."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise DigitlabError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
 
 
 def main() -> None:
