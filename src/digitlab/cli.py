@@ -463,7 +463,7 @@ def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
 
 
 def _read_input(name: str):
-    return click.get_binary_stream("stdin").read() if name == "-" else Path(name)
+    return sys.stdin.buffer.read() if name == "-" else Path(name)
 
 
 def _format_plain(name: str, result, top: int, label_names: list[str]) -> str:
