@@ -25,13 +25,26 @@ def build(name: str):
     from keras import layers
 
     if name == "mlp":  # the tutorial's model
-        return keras.Sequential([keras.Input((784,)), layers.Dense(512, activation="relu"),
-                                 layers.Dense(10, activation="softmax")])
+        return keras.Sequential(
+            [
+                keras.Input((784,)),
+                layers.Dense(512, activation="relu"),
+                layers.Dense(10, activation="softmax"),
+            ]
+        )
     # keras.io's "Simple MNIST convnet"
-    return keras.Sequential([
-        keras.Input((28, 28, 1)), layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(),
-        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(), layers.Flatten(),
-        layers.Dropout(0.5), layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def main() -> None:
@@ -59,10 +72,18 @@ def main() -> None:
         def on_epoch_end(self, epoch, logs=None):
             seconds.append(time.perf_counter() - self.started)
 
-    model.fit(inputs, labels, epochs=arguments.epochs, batch_size=128, verbose=0,
-              callbacks=[Timer()])
-    print(json.dumps({"backend": keras.backend.backend(), "model": arguments.model,
-                      "epoch_seconds": [round(s, 2) for s in seconds]}))
+    model.fit(
+        inputs, labels, epochs=arguments.epochs, batch_size=128, verbose=0, callbacks=[Timer()]
+    )
+    print(
+        json.dumps(
+            {
+                "backend": keras.backend.backend(),
+                "model": arguments.model,
+                "epoch_seconds": [round(s, 2) for s in seconds],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
