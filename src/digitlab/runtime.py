@@ -56,11 +56,90 @@ def _layer_spec(layer) -> dict | None:
         return {"kind": kind, "activation": config["activation"]}
     if kind in ("Flatten", "Reshape"):
         return {"kind": "Reshape", "shape": [int(d) for d in layer.output.shape[1:]]}
+    if kind == "ReLU":
+        plain = (
+            config.get("max_value") is None
+            and not config.get("negative_slope")
+            and not config.get("threshold")
+        )
+        return {"kind": "Activation", "activation": "relu"} if plain else None
+    if kind == "Conv2D":
+        if (
+            config["activation"] not in ACTIVATIONS
+            or config["data_format"] != "channels_last"
+            or tuple(config["dilation_rate"]) != (1, 1)
+            or config.get("groups", 1) != 1
+        ):
+            return None
+        return {
+            "kind": "Conv2D",
+            "activation": config["activation"],
+            "strides": list(config["strides"]),
+            "padding": config["padding"],
+        }
+    if kind == "BatchNormalization":
+        if config["axis"] not in (-1, [-1]):
+            return None
+        return {
+            "kind": "BatchNormalization",
+            "epsilon": config["epsilon"],
+            "center": config["center"],
+            "scale": config["scale"],
+        }
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        if config["padding"] != "valid" or config["data_format"] != "channels_last":
+            return None
+        return {
+            "kind": kind,
+            "pool_size": list(config["pool_size"]),
+            "strides": list(config["strides"] or config["pool_size"]),
+        }
+    if kind == "GlobalAveragePooling2D" and config["data_format"] == "channels_last":
+        return {"kind": kind}
     return None
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding, which Keras uses on every backend: the extra pixel after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _windows(x: np.ndarray, size: tuple[int, int], strides: tuple[int, int]) -> np.ndarray:
+    """(N, H, W, C) -> (N, H', W', C, kh, kw): every window, as a view (nothing copied)."""
+    view = np.lib.stride_tricks.sliding_window_view(x, size, axis=(1, 2))
+    return view[:, :: strides[0], :: strides[1]]
+
+
+def _conv2d(x: np.ndarray, kernel: np.ndarray, strides, padding: str) -> np.ndarray:
+    height, width, channels, filters = kernel.shape  # Keras' kernel layout
+    if padding == "same":
+        x = np.pad(
+            x,
+            (
+                (0, 0),
+                _same_padding(x.shape[1], height, strides[0]),
+                _same_padding(x.shape[2], width, strides[1]),
+                (0, 0),
+            ),
+        )
+    windows = _windows(x, (height, width), strides)  # (N, H', W', C, kh, kw)
+    # as one matrix product: (N*H'*W', kh*kw*C) @ (kh*kw*C, F)
+    columns = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, height * width * channels)
+    out = columns @ kernel.reshape(-1, filters)
+    return out.reshape(*windows.shape[:3], filters)
+
+
 def export(model: keras.Model) -> dict[str, np.ndarray] | None:
-    """The arrays of ``inference.npz`` for ``model``, or None if a layer is not supported."""
+    """The arrays of ``inference.npz`` for ``model``, or None if it cannot be run in NumPy.
+
+    Only a ``keras.Sequential`` model: its layers run one after the other, which is all this
+    runtime does (a functional model may branch).
+    """
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return None
     specs, arrays = [], {}
     for index, layer in enumerate(model.layers):
         spec = _layer_spec(layer)
@@ -94,7 +173,22 @@ class NumpyModel:
         x = np.asarray(inputs, dtype=np.float32)
         for spec, weights in self.layers:
             kind = spec["kind"]
-            if kind == "Dense":
+            if kind == "Conv2D":
+                x = _conv2d(x, weights[0], spec["strides"], spec["padding"])
+                x = ACTIVATIONS[spec["activation"]](x + (weights[1] if len(weights) > 1 else 0))
+            elif kind == "BatchNormalization":
+                weights = list(weights)
+                gamma = weights.pop(0) if spec["scale"] else 1.0
+                beta = weights.pop(0) if spec["center"] else 0.0
+                mean, variance = weights
+                x = (x - mean) / np.sqrt(variance + spec["epsilon"]) * gamma + beta
+            elif kind == "MaxPooling2D":
+                x = _windows(x, spec["pool_size"], spec["strides"]).max(axis=(4, 5))
+            elif kind == "AveragePooling2D":
+                x = _windows(x, spec["pool_size"], spec["strides"]).mean(axis=(4, 5))
+            elif kind == "GlobalAveragePooling2D":
+                x = x.mean(axis=(1, 2))
+            elif kind == "Dense":
                 x = x @ weights[0] + (weights[1] if len(weights) > 1 else 0.0)
                 x = ACTIVATIONS[spec["activation"]](x)
             elif kind == "Activation":

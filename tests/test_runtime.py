@@ -1,0 +1,80 @@
+"""The NumPy runtime against Keras itself, on models with random weights (no training needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digitlab import runtime
+
+
+def keras_and_numpy(model, inputs):
+    exported = runtime.export(model)
+    assert exported is not None
+    specs = __import__("json").loads(str(exported.pop("spec")))
+    return model.predict(inputs, verbose=0), runtime.NumpyModel(specs, exported)(inputs)
+
+
+def randomise_batch_norm(model, rng):
+    """Non-trivial moving statistics, as after training (fresh ones are 0 and 1)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()]
+            )
+
+
+def test_a_cnn_runs_the_same_in_numpy_as_in_keras():
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.RandomTranslation(0.1, 0.1),  # augmentation: nothing at inference
+            layers.Conv2D(8, 5, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.Conv2D(12, 3, strides=2, padding="same", activation="relu"),  # 28 -> 14
+            layers.MaxPooling2D(),  # 14 -> 7
+            layers.Conv2D(16, 3, activation="relu"),  # valid: 7 -> 5
+            layers.AveragePooling2D(pool_size=2, strides=1),  # 5 -> 4
+            layers.Conv2D(10, 3, strides=2, padding="same"),  # 4 -> 2, odd padding split
+            layers.BatchNormalization(center=False),
+            layers.GlobalAveragePooling2D(),
+            layers.Dropout(0.3),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    randomise_batch_norm(model, rng)
+    inputs = rng.uniform(0, 1, (16, 28, 28, 1)).astype("float32")
+    expected, actual = keras_and_numpy(model, inputs)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_the_tutorial_mlp_runs_the_same():
+    from digitlab import models
+
+    model = models.build_mlp()
+    inputs = np.random.default_rng(1).uniform(0, 1, (32, 784)).astype("float32")
+    expected, actual = keras_and_numpy(model, inputs)
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", ["functional", "unknown layer", "leaky relu"])
+def test_what_numpy_cannot_run_is_left_to_keras(build):
+    import keras
+    from keras import layers
+
+    if build == "functional":  # may branch: the runtime only runs a chain of layers
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, layers.Dense(2)(inputs))
+    elif build == "unknown layer":
+        model = keras.Sequential([keras.Input((4, 4, 1)), layers.Conv2DTranspose(2, 3)])
+    else:
+        model = keras.Sequential([keras.Input((4,)), layers.ReLU(negative_slope=0.1)])
+    assert runtime.export(model) is None
