@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export KERAS_BACKEND ?= jax
 
-.PHONY: run test test-fast bench lint data system-packages clean
+.PHONY: run test test-fast bench bench-compare lint data system-packages clean
 
 # The package and its runtime dependencies; redone when pyproject.toml changes.
 $(BIN)/digitlab: pyproject.toml
@@ -49,10 +49,23 @@ bench: $(VENV)/.dev data
 	cd benchmarks && ../$(BIN)/python predict_speed.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python serve_load.py --run ../runs/latest
+	cd benchmarks && ../$(BIN)/python model_accuracy.py
+
+# The tutorial's own stack, in its own environment: tf.keras on TensorFlow's CPU build.
+TF_VENV := .venv-tf
+$(TF_VENV)/.installed:
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TF_VENV)/bin/python -m pip install --quiet "tensorflow-cpu>=2.16,<3" numpy
+	touch $@
+
+# tf.keras and digitlab alternately, 3 times each, then time-to-accuracy of the two CNNs.
+bench-compare: $(VENV)/.dev data $(TF_VENV)/.installed
+	cd benchmarks && ../$(BIN)/python compare_tf.py --tf-python ../$(TF_VENV)/bin/python
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(TF_VENV) runs

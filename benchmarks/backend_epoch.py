@@ -1,7 +1,9 @@
 """Seconds per epoch of one Keras model on the current interpreter's Keras backend.
 
-Self-contained (NumPy and Keras only), so that it runs in a separate environment with another
-backend installed. Reads MNIST's raw IDX files from the folder given (digitlab's cache).
+Needs only NumPy and Keras (digitlab's own CNN is imported from ../src, without installing it),
+so that it runs in a separate environment with another backend installed. Reads MNIST's raw
+IDX files from the folder given (digitlab's cache). Plain batches, no augmentation: this times
+the backend, not the input pipeline.
 
     KERAS_BACKEND=tensorflow python benchmarks/backend_epoch.py DATA_DIR --model convnet --epochs 2
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,11 @@ def build(name: str):
     import keras
     from keras import layers
 
+    if name == "cnn":  # digitlab's
+        sys.path.insert(0, str(Path(__file__).parents[1] / "src"))
+        from digitlab.models import build_cnn
+
+        return build_cnn()
     if name == "mlp":  # the tutorial's model
         return keras.Sequential(
             [
@@ -50,8 +58,9 @@ def build(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
-    parser.add_argument("--model", choices=["mlp", "convnet"], default="convnet")
+    parser.add_argument("--model", choices=["mlp", "convnet", "cnn"], default="convnet")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
     arguments = parser.parse_args()
     import keras
 
@@ -73,13 +82,14 @@ def main() -> None:
             seconds.append(time.perf_counter() - self.started)
 
     model.fit(
-        inputs, labels, epochs=arguments.epochs, batch_size=128, verbose=0, callbacks=[Timer()]
+        inputs, labels, epochs=arguments.epochs, batch_size=arguments.batch_size, verbose=0, callbacks=[Timer()]
     )
     print(
         json.dumps(
             {
                 "backend": keras.backend.backend(),
                 "model": arguments.model,
+                "batch_size": arguments.batch_size,
                 "epoch_seconds": [round(s, 2) for s in seconds],
             }
         )

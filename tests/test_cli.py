@@ -94,6 +94,55 @@ def test_validation_split_records_validation_curves(tiny_folder, tmp_path):
     assert len(manifest["history"]["val_accuracy"]) == 2
 
 
+def test_the_cnn_trains_with_its_own_defaults_and_every_command_uses_it(tiny_folder, tmp_path):
+    result = invoke("train", "--model", "cnn", "--dataset", tiny_folder, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "each batch randomly shifted, rotated and rescaled" in result.output
+    assert "warm-up to 0.003, then cosine decay" in result.output
+    assert "holding out 25 images for validation" in result.output  # 1/12 of 300
+    assert re.search(r"kept epoch [12] \(lowest validation loss", result.output)
+    latest = tmp_path / "runs" / "latest"
+    manifest = json.loads((latest / "metrics.json").read_text())
+    assert manifest["model"] == "cnn" and manifest["input_shape"] == [28, 28, 1]
+    assert manifest["config"]["batch_size"] == 256 and manifest["config"]["augment"] is True
+    assert manifest["best_epoch"] in (1, 2)
+    assert (latest / "inference.npz").exists()  # predicts without Keras
+    evaluated = invoke("evaluate")
+    assert "(same)" in evaluated.output, evaluated.output
+    assert "digits 0-19" in invoke("show").output
+    from conftest import make_digits
+    from PIL import Image
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(make_digits(1, seed=5)[0][0]).save(image)
+    predicted = invoke("predict", image, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    assert 0 <= json.loads(predicted.output)["label"] <= 9
+
+
+def test_early_stopping_from_the_command_line(tiny_folder, tmp_path):
+    result = invoke(
+        "train", "--dataset", tiny_folder, "--epochs", "40", "--batch-size", "16",
+        "--validation-split", "0.2", "--early-stopping", "1",
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "runs" / "latest" / "metrics.json").read_text())
+    losses, best = manifest["history"]["val_loss"], manifest["best_epoch"]
+    assert losses[best - 1] == min(losses)
+    assert f"kept epoch {best}" in result.output
+    # 240 images, 15 steps per epoch: validation loss stops improving well before 40 epochs
+    assert manifest["stopped_after"] == len(losses) == best + 1 < 40
+    assert f"stopped early after epoch {len(losses)}" in result.output
+
+
+def test_early_stopping_needs_a_validation_split(tiny_folder):
+    result = CliRunner().invoke(
+        cli, ["train", "--dataset", str(tiny_folder), "--early-stopping", "3"]
+    )
+    assert result.exit_code == 1
+    assert "needs a validation split" in result.output
+
+
 def test_data_info_for_a_folder(tiny_folder):
     result = invoke("data", "info", "--dataset", tiny_folder)
     assert result.exit_code == 0, result.output

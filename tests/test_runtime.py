@@ -65,6 +65,17 @@ def test_the_tutorial_mlp_runs_the_same():
     np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 
+def test_digitlabs_cnn_runs_the_same():
+    from digitlab import models
+
+    model = models.build_cnn()
+    rng = np.random.default_rng(2)
+    randomise_batch_norm(model, rng)
+    inputs = rng.uniform(0, 1, (16, 28, 28, 1)).astype("float32")
+    expected, actual = keras_and_numpy(model, inputs)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("build", ["functional", "unknown layer", "leaky relu"])
 def test_what_numpy_cannot_run_is_left_to_keras(build):
     import keras

@@ -63,6 +63,8 @@ def build_manifest(result: TrainResult, files: DataFiles, input_shape: tuple[int
             for layer in result.model.layers
         ],
         "history": result.history,
+        "best_epoch": result.best_epoch,  # the epoch whose weights were kept; None: the last
+        "stopped_after": result.stopped_after,  # set when early stopping ended training
         "epoch_seconds": result.epoch_seconds,
         "train_seconds": result.train_seconds,
         "metrics": {**result.metrics, "overfitting_gap": result.overfitting_gap},

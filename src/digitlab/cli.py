@@ -123,30 +123,46 @@ def _print_predictions(true_labels, predicted, confidences=None, first_index=0) 
     default="mlp",
     show_default=True,
     type=click.Choice(sorted(models.MODELS)),
-    help="mlp: the tutorial's Dense(512) -> Dense(10).",
+    help="mlp: the tutorial's Dense(512) -> Dense(10), 5 epochs. cnn: a convolutional network "
+    "with batch norm, dropout, augmentation and a learning-rate schedule, 12 epochs, ~99.5% "
+    "on MNIST in about 2.5 minutes on 2 cores.",
 )
 @click.option("--dataset", default="mnist", show_default=True, help=DATASET_HELP)
 @click.option(
     "--epochs",
     default=None,
     type=click.IntRange(min=1),
-    help="Passes over the training set [default: 5].",
+    help="Passes over the training set [default: mlp 5, cnn 12].",
 )
 @click.option(
     "--batch-size",
     default=None,
     type=click.IntRange(min=1),
-    help="Images per update [default: 128].",
+    help="Images per update [default: mlp 128, cnn 256].",
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Same seed, same machine: same metrics."
 )
 @click.option(
     "--validation-split",
-    default=0.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0.0, 1.0, max_open=True),
-    help="Fraction of the training set held out for validation.",
+    help="Fraction of the training set held out for validation; the epoch with the lowest "
+    "validation loss is the one kept [default: mlp 0, cnn 1/12 = 5,000 images].",
+)
+@click.option(
+    "--early-stopping",
+    "early_stopping",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="EPOCHS",
+    help="Stop after this many epochs without a better validation loss (0: off).",
+)
+@click.option(
+    "--augment/--no-augment",
+    default=None,
+    help="Randomly shift, rotate and rescale training digits [default: on for cnn only].",
 )
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
 def train(
@@ -155,26 +171,29 @@ def train(
     epochs: int | None,
     batch_size: int | None,
     seed: int,
-    validation_split: float,
+    validation_split: float | None,
+    early_stopping: int,
+    augment: bool | None,
     summary: bool,
 ) -> None:
     """Run the tutorial: load, build, compile, scale, fit, predict, plot, evaluate.
 
     Writes a run folder runs/<time>-<model>/ (model.keras, metrics.json, predictions.png,
-    history.png) and points runs/latest at it.
+    history.png, report.html) and points runs/latest at it.
     """
     from digitlab import artifacts, datasets, reports, training
     from digitlab.config import TrainConfig
     from digitlab.fileio import atomic_directory
 
-    defaults = TrainConfig()
-    config = TrainConfig(
-        model=model,
+    config = TrainConfig.for_model(
+        model,
         dataset=dataset,
-        epochs=epochs or defaults.epochs,
-        batch_size=batch_size or defaults.batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
         seed=seed,
         validation_split=validation_split,
+        early_stopping=early_stopping,
+        augment=augment,
     )
     files = datasets.ensure(dataset, report=_echo_error)
     data = datasets.to_arrays(files)

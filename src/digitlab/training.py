@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitlab import DigitlabError, models
+from digitlab.augment import augment
 from digitlab.config import PREDICTIONS_SHOWN, TrainConfig
 from digitlab.datasets import Arrays, Report
 
@@ -36,6 +38,8 @@ class TrainResult:
     first_labels: list[int] = field(default_factory=list)  # predicted, first 20 test digits
     first_confidences: list[float] = field(default_factory=list)
     test_probabilities: np.ndarray | None = None  # (N_test, 10), for the report
+    best_epoch: int | None = None  # 1-based, the epoch whose weights were kept (with validation)
+    stopped_after: int | None = None  # the last epoch run, when early stopping ended training
 
     @property
     def overfitting_gap(self) -> float:
@@ -57,35 +61,131 @@ def _epoch_timer() -> tuple[keras.callbacks.Callback, list[float]]:
     return EpochTimer(), seconds
 
 
-def _fit_arguments(config: TrainConfig, train_count: int) -> dict:
+def _keep_best(patience: int) -> keras.callbacks.Callback:
+    """Remember the weights of the epoch with the lowest validation loss and put them back at
+    the end; with ``patience`` > 0, stop once that many epochs in a row did not beat it."""
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        best_loss = float("inf")
+        best_epoch = 0  # 1-based; 0 until an epoch has been validated
+        best_weights = None
+        stopped_after = 0  # the last epoch run when early stopping ended training, else 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss = (logs or {}).get("val_loss")
+            if loss is None:
+                return
+            if loss < self.best_loss:
+                self.best_loss, self.best_epoch = loss, epoch + 1
+                self.best_weights = self.model.get_weights()
+            elif patience and epoch + 1 - self.best_epoch >= patience:
+                self.stopped_after = epoch + 1
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return KeepBest()
+
+
+def _check(config: TrainConfig, train_count: int) -> None:
     if not 0.0 <= config.validation_split < 1.0:
         raise DigitlabError(f"--validation-split must be in [0, 1), not {config.validation_split}")
     if config.epochs < 1 or config.batch_size < 1:
         raise DigitlabError("--epochs and --batch-size must be at least 1")
-    if train_count * (1 - config.validation_split) < 1:
+    if config.early_stopping < 0:
+        raise DigitlabError("--early-stopping must be 0 (off) or a number of epochs")
+    if config.early_stopping and not config.validation_split:
+        raise DigitlabError("--early-stopping needs a validation split (--validation-split)")
+    if config.schedule not in SCHEDULES:
+        raise DigitlabError(f"unknown schedule {config.schedule!r}: choose {', '.join(SCHEDULES)}")
+    if train_count - _validation_count(config, train_count) < 1:
         raise DigitlabError("no training images left after the validation split")
-    return {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "validation_split": config.validation_split,
-    }
+
+
+def _validation_count(config: TrainConfig, train_count: int) -> int:
+    return int(round(train_count * config.validation_split))
+
+
+SCHEDULES = ("constant", "warmup-cosine")
+WARMUP_FRACTION = 1 / 8  # of all steps: long enough for batch norm statistics to settle
+
+
+def learning_rate(config: TrainConfig, total_steps: int):
+    """A float for "constant", else a Keras schedule over ``total_steps`` optimizer steps."""
+    import keras
+
+    if config.schedule == "constant":
+        return config.learning_rate
+    warmup_steps = max(1, int(total_steps * WARMUP_FRACTION))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total_steps - warmup_steps),
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup_steps,
+    )
+
+
+def augmented_batches(
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, input_shape: tuple[int, ...]
+) -> keras.utils.PyDataset:
+    """Shuffled batches of freshly augmented digits, a new order and new transforms each epoch.
+
+    (N, 28, 28) uint8 -> batches of (batch_size, *input_shape) float32 in [0, 1].
+    """
+    import keras
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(config.seed)
+            self.order = self.rng.permutation(len(images))
+
+        def __len__(self):
+            return -(-len(images) // config.batch_size)
+
+        def __getitem__(self, index):
+            chosen = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+            batch = augment(images[chosen], self.rng)
+            return batch.reshape((len(chosen), *input_shape)), labels[chosen]
+
+        def on_epoch_end(self):
+            self.order = self.rng.permutation(len(images))
+
+    return AugmentedBatches()
 
 
 def train(
-    config: TrainConfig, data: Arrays, report: Report = print, verbose: int = 2
+    config: TrainConfig,
+    data: Arrays,
+    report: Report = print,
+    verbose: int = 2,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Build, compile, fit and evaluate ``config.model`` on ``data``, reporting each step."""
+    """Build, compile, fit and evaluate ``config.model`` on ``data``, reporting each step.
+
+    ``callbacks`` run after digitlab's own (the epoch timer, keeping the best epoch).
+    """
     import keras
 
     (x_train, y_train), (x_test, y_test) = data
-    fit_arguments = _fit_arguments(config, len(x_train))
+    _check(config, len(x_train))
     keras.utils.set_random_seed(config.seed)
+    held_out = _validation_count(config, len(x_train))
+    fit_count = len(x_train) - held_out
+    steps_per_epoch = -(-fit_count // config.batch_size)
 
     model = models.build(config.model)
-    models.compile_model(model, steps_per_execution=config.steps_per_execution)
+    models.compile_model(
+        model,
+        learning_rate=learning_rate(config, steps_per_epoch * config.epochs),
+        steps_per_execution=config.steps_per_execution,
+    )
     report(
-        f"[2/6] built {model.name}: {model.count_params():,} parameters; compiled with adam, "
-        f"sparse categorical cross-entropy, accuracy"
+        f"[2/6] built {model.name}: {model.count_params():,} parameters; compiled with adam"
+        f"{_describe_rate(config)}, sparse categorical cross-entropy, accuracy"
     )
 
     input_shape = models.INPUT_SHAPES[config.model]
@@ -96,26 +196,50 @@ def train(
         f"test {test_inputs.shape}"
     )
 
+    # The validation images come from the end of the training set, as Keras' validation_split.
+    fit_arguments: dict = {"epochs": config.epochs}
+    if held_out:
+        fit_arguments["validation_data"] = (train_inputs[fit_count:], y_train[fit_count:])
+    if config.augment:
+        fit_arguments["x"] = augmented_batches(
+            x_train[:fit_count], y_train[:fit_count], config, input_shape
+        )
+    else:
+        fit_arguments |= {
+            "x": train_inputs[:fit_count],
+            "y": y_train[:fit_count],
+            "batch_size": config.batch_size,
+            "shuffle": True,
+        }
     report(
         f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
+        + (", each batch randomly shifted, rotated and rescaled" if config.augment else "")
         + (
-            f", holding out {config.validation_split:.0%} for validation"
-            if config.validation_split
+            f", holding out {held_out:,} images for validation (the best epoch is kept"
+            + (f", stopping after {config.early_stopping} without progress)" if config.early_stopping else ")")
+            if held_out
             else ""
         )
     )
     timer, epoch_seconds = _epoch_timer()
+    keep_best = _keep_best(config.early_stopping)
     started = time.perf_counter()
-    history = model.fit(
-        train_inputs, y_train, shuffle=True, callbacks=[timer], verbose=verbose, **fit_arguments
-    )
+    history = model.fit(callbacks=[timer, keep_best, *callbacks], verbose=verbose, **fit_arguments)
     train_seconds = time.perf_counter() - started
+    if keep_best.stopped_after:
+        report(f"      stopped early after epoch {keep_best.stopped_after}")
+    if keep_best.best_epoch:
+        report(
+            f"      kept epoch {keep_best.best_epoch} (lowest validation loss "
+            f"{keep_best.best_loss:.4f})"
+        )
 
     # One pass over the test set gives the metrics, the first 20 predictions and the report's
     # data (Keras' evaluate() and predict() would each make their own).
     probabilities = model.predict(test_inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
     test_loss, test_accuracy = score(probabilities, y_test)
     shown = min(PREDICTIONS_SHOWN, len(test_inputs))
+    # All training images, as the tutorial measures them: unaugmented, held-out ones included.
     train_loss, train_accuracy = model.evaluate(
         train_inputs, y_train, verbose=0, batch_size=EVALUATE_BATCH_SIZE
     )
@@ -134,4 +258,12 @@ def train(
         first_labels=[int(label) for label in np.argmax(probabilities[:shown], axis=1)],
         first_confidences=[float(p) for p in np.max(probabilities[:shown], axis=1)],
         test_probabilities=probabilities,
+        best_epoch=keep_best.best_epoch or None,
+        stopped_after=keep_best.stopped_after or None,
     )
+
+
+def _describe_rate(config: TrainConfig) -> str:
+    if config.schedule == "constant":
+        return f" (learning rate {config.learning_rate:g})"
+    return f" (learning rate warm-up to {config.learning_rate:g}, then cosine decay to 0)"

@@ -1,0 +1,87 @@
+"""Training pieces without a full run: keeping the best epoch, early stopping, the schedule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digitlab import DigitlabError, training
+from digitlab.config import TrainConfig
+
+
+def tiny_model():
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def run_epochs(callback, model, validation_losses):
+    """Drive the callback as fit() would, with weights that say which epoch they are from."""
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch, loss in enumerate(validation_losses):
+        model.set_weights([np.full((2, 1), epoch + 1.0), np.zeros(1)])
+        callback.on_epoch_end(epoch, {"loss": 0.0, "val_loss": loss})
+        if model.stop_training:
+            break
+    callback.on_train_end()
+    return epoch + 1
+
+
+def test_keep_best_restores_the_lowest_validation_loss_epoch():
+    model = tiny_model()
+    keep = training._keep_best(patience=0)
+    epochs_run = run_epochs(keep, model, [0.9, 0.4, 0.5, 0.45, 0.6])
+    assert epochs_run == 5 and keep.stopped_after == 0
+    assert keep.best_epoch == 2
+    assert model.get_weights()[0][0, 0] == 2.0  # epoch 2's weights are back
+
+
+def test_early_stopping_waits_patience_epochs_after_the_best():
+    model = tiny_model()
+    keep = training._keep_best(patience=2)
+    epochs_run = run_epochs(keep, model, [0.9, 0.4, 0.5, 0.45, 0.3, 0.2])
+    assert epochs_run == 4 and keep.stopped_after == 4
+    assert keep.best_epoch == 2 and model.get_weights()[0][0, 0] == 2.0
+
+
+def test_without_validation_nothing_is_kept():
+    model = tiny_model()
+    keep = training._keep_best(patience=3)
+    keep.set_model(model)
+    keep.on_epoch_end(0, {"loss": 1.0})
+    keep.on_train_end()
+    assert keep.best_epoch == 0 and not model.stop_training
+
+
+def test_warmup_cosine_schedule_rises_then_falls_to_zero():
+    config = TrainConfig.for_model("cnn")
+    schedule = training.learning_rate(config, total_steps=800)
+    rates = [float(schedule(step)) for step in (0, 50, 100, 400, 800)]
+    assert rates[0] == pytest.approx(0.0, abs=1e-9)
+    assert rates[1] == pytest.approx(config.learning_rate / 2, rel=1e-3)  # warm-up: 1/8
+    assert rates[2] == pytest.approx(config.learning_rate, rel=1e-3)
+    assert 0 < rates[3] < rates[2] and rates[4] == pytest.approx(0.0, abs=1e-9)
+    assert training.learning_rate(TrainConfig(), total_steps=800) == 0.001
+
+
+def test_model_defaults_and_overrides():
+    cnn = TrainConfig.for_model("cnn", epochs=3, batch_size=None)
+    assert cnn.epochs == 3 and cnn.batch_size == 256 and cnn.augment
+    assert TrainConfig.for_model("mlp") == TrainConfig()
+    assert not TrainConfig.for_model("cnn", augment=False).augment
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"early_stopping": 2}, "needs a validation split"),
+        ({"schedule": "cyclic"}, "unknown schedule"),
+        ({"validation_split": 0.999}, "no training images left"),
+    ],
+)
+def test_bad_settings_are_clear_errors(changes, message, tiny_data):
+    with pytest.raises(DigitlabError, match=message):
+        training.train(TrainConfig(**changes), tiny_data, report=lambda line: None, verbose=0)
