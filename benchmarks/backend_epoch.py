@@ -82,7 +82,12 @@ def main() -> None:
             seconds.append(time.perf_counter() - self.started)
 
     model.fit(
-        inputs, labels, epochs=arguments.epochs, batch_size=arguments.batch_size, verbose=0, callbacks=[Timer()]
+        inputs,
+        labels,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        verbose=0,
+        callbacks=[Timer()],
     )
     print(
         json.dumps(

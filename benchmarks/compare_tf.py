@@ -119,7 +119,10 @@ def digitlab_cnn_progress(data: datasets.Arrays) -> dict:
             record["test_accuracy"].append(accuracy)
 
     result = training.train(
-        TrainConfig.for_model("cnn"), data, report=lambda line: None, verbose=0,
+        TrainConfig.for_model("cnn"),
+        data,
+        report=lambda line: None,
+        verbose=0,
         callbacks=[TestAccuracy()],
     )
     record["epoch_seconds"] = result.epoch_seconds  # the timer stops before the test pass

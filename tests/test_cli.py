@@ -122,8 +122,17 @@ def test_the_cnn_trains_with_its_own_defaults_and_every_command_uses_it(tiny_fol
 
 def test_early_stopping_from_the_command_line(tiny_folder, tmp_path):
     result = invoke(
-        "train", "--dataset", tiny_folder, "--epochs", "40", "--batch-size", "16",
-        "--validation-split", "0.2", "--early-stopping", "1",
+        "train",
+        "--dataset",
+        tiny_folder,
+        "--epochs",
+        "40",
+        "--batch-size",
+        "16",
+        "--validation-split",
+        "0.2",
+        "--early-stopping",
+        "1",
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "runs" / "latest" / "metrics.json").read_text())

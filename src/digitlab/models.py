@@ -36,9 +36,7 @@ def _convolution(filters: int, kernel_size: int, strides: int = 1, padding: str 
     import keras
 
     return [
-        keras.layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding, use_bias=False
-        ),
+        keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False),
         keras.layers.BatchNormalization(),
         keras.layers.ReLU(),
     ]

@@ -216,7 +216,11 @@ def train(
         + (", each batch randomly shifted, rotated and rescaled" if config.augment else "")
         + (
             f", holding out {held_out:,} images for validation (the best epoch is kept"
-            + (f", stopping after {config.early_stopping} without progress)" if config.early_stopping else ")")
+            + (
+                f", stopping after {config.early_stopping} without progress)"
+                if config.early_stopping
+                else ")"
+            )
             if held_out
             else ""
         )
