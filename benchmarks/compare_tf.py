@@ -60,7 +60,9 @@ def result_line(output: str) -> dict:
 
 def tensorflow_run(tf_python: str, data_dir: Path, convnet: bool = False) -> dict:
     command = [tf_python, str(HERE / "tutorial_tf.py"), str(data_dir)]
-    output, wall, rss = run_measured(command + (["--convnet"] if convnet else []))
+    # tf.keras is Keras 3 on TensorFlow: a KERAS_BACKEND=jax from digitlab's side must not leak
+    env = os.environ | {"KERAS_BACKEND": "tensorflow"}
+    output, wall, rss = run_measured(command + (["--convnet"] if convnet else []), env=env)
     return result_line(output) | {"process_seconds": wall, "peak_rss_mb": rss}
 
 

@@ -85,3 +85,25 @@ def test_model_defaults_and_overrides():
 def test_bad_settings_are_clear_errors(changes, message, tiny_data):
     with pytest.raises(DigitlabError, match=message):
         training.train(TrainConfig(**changes), tiny_data, report=lambda line: None, verbose=0)
+
+
+def test_plain_final_epochs_are_unaugmented_and_at_most_half_the_run():
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = np.zeros(40, np.uint8)
+    config = TrainConfig.for_model("cnn", epochs=4, batch_size=40)
+    assert training.plain_epochs(config) == 2
+    assert training.plain_epochs(TrainConfig.for_model("cnn", epochs=3)) == 1
+    assert training.plain_epochs(TrainConfig.for_model("cnn", augment=False)) == 0
+    batches = training.augmented_batches(images, labels, config, (28, 28, 1))
+    plain = images.astype(np.float32)[..., None] / 255
+    seen = []
+    for _ in range(config.epochs):
+        batch, _ = batches[0]
+        # the same digits in a new order: compare as sorted sets of images
+        seen.append(
+            np.array_equal(
+                np.sort(batch.reshape(40, -1), axis=0), np.sort(plain.reshape(40, -1), axis=0)
+            )
+        )
+        batches.on_epoch_end()
+    assert seen == [False, False, True, True]

@@ -28,6 +28,10 @@ class TrainConfig:
     # steps, then cosine decay to 0, which lets a high peak rate train fast and end settled.
     schedule: str = "constant"
     augment: bool = False  # random shifts, rotations and scale changes (digitlab.augment)
+    # With augment: the last epochs see the digits as they are, so the model (and its batch-norm
+    # statistics) ends on the distribution it is tested on. Measured on the CNN, 2 of 12:
+    # 99.47% -> 99.60% (seed 0) and 99.50% (seed 1), same time.
+    plain_final_epochs: int = 0
     early_stopping: int = 0  # stop after this many epochs without a better validation loss; 0: off
     # Steps compiled into one XLA call: 32 cuts Python overhead per step, measured 1.8 -> 1.4 s
     # per MLP epoch on 2 cores, and changes no result (the same updates, in the same order).
@@ -47,12 +51,13 @@ class TrainConfig:
 MODEL_DEFAULTS: dict[str, dict] = {
     "mlp": {},
     "cnn": {
-        "epochs": 12,  # 99.5% needs about 10 augmented passes; each costs ~11 s on 2 cores
-        "batch_size": 256,  # 2 cores run it ~1.5x faster per image than 128, same accuracy
+        "epochs": 12,  # 15 were no better (99.39% vs 99.47%); each costs ~13 s on 2 cores
+        "batch_size": 256,  # fewer, larger steps: 2 cores ran a strided CNN ~15% faster than 128
         "validation_split": 1 / 12,  # 5,000 of MNIST's 60,000: the classic 55,000/5,000 split
         "learning_rate": 0.003,  # peak of the schedule; batch norm keeps it stable
         "schedule": "warmup-cosine",
         "augment": True,
+        "plain_final_epochs": 2,
     },
 }
 

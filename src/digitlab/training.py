@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -99,6 +99,8 @@ def _check(config: TrainConfig, train_count: int) -> None:
         raise DigitlabError("--early-stopping must be 0 (off) or a number of epochs")
     if config.early_stopping and not config.validation_split:
         raise DigitlabError("--early-stopping needs a validation split (--validation-split)")
+    if config.plain_final_epochs < 0:
+        raise DigitlabError("plain_final_epochs must be 0 or more")
     if config.schedule not in SCHEDULES:
         raise DigitlabError(f"unknown schedule {config.schedule!r}: choose {', '.join(SCHEDULES)}")
     if train_count - _validation_count(config, train_count) < 1:
@@ -131,10 +133,12 @@ def learning_rate(config: TrainConfig, total_steps: int):
 def augmented_batches(
     images: np.ndarray, labels: np.ndarray, config: TrainConfig, input_shape: tuple[int, ...]
 ) -> keras.utils.PyDataset:
-    """Shuffled batches of freshly augmented digits, a new order and new transforms each epoch.
+    """Shuffled batches of freshly augmented digits, a new order and new transforms each epoch;
+    the last ``config.plain_final_epochs`` epochs unaugmented.
 
     (N, 28, 28) uint8 -> batches of (batch_size, *input_shape) float32 in [0, 1].
     """
+    augmented_epochs = config.epochs - plain_epochs(config)
     import keras
 
     class AugmentedBatches(keras.utils.PyDataset):
@@ -142,17 +146,22 @@ def augmented_batches(
             super().__init__()
             self.rng = np.random.default_rng(config.seed)
             self.order = self.rng.permutation(len(images))
+            self.epoch = 0
 
         def __len__(self):
             return -(-len(images) // config.batch_size)
 
         def __getitem__(self, index):
             chosen = self.order[index * config.batch_size : (index + 1) * config.batch_size]
-            batch = augment(images[chosen], self.rng)
+            if self.epoch < augmented_epochs:
+                batch = augment(images[chosen], self.rng)
+            else:
+                batch = images[chosen].astype(np.float32) / 255
             return batch.reshape((len(chosen), *input_shape)), labels[chosen]
 
         def on_epoch_end(self):
             self.order = self.rng.permutation(len(images))
+            self.epoch += 1
 
     return AugmentedBatches()
 
@@ -213,7 +222,7 @@ def train(
         }
     report(
         f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
-        + (", each batch randomly shifted, rotated and rescaled" if config.augment else "")
+        + (_describe_augmentation(config) if config.augment else "")
         + (
             f", holding out {held_out:,} images for validation (the best epoch is kept"
             + (
@@ -264,6 +273,21 @@ def train(
         test_probabilities=probabilities,
         best_epoch=keep_best.best_epoch or None,
         stopped_after=keep_best.stopped_after or None,
+    )
+
+
+def plain_epochs(config: TrainConfig) -> int:
+    """How many final epochs train on unaugmented digits: at most half of a short run."""
+    return min(config.plain_final_epochs, config.epochs // 2) if config.augment else 0
+
+
+def _describe_augmentation(config: TrainConfig) -> str:
+    plain = plain_epochs(config)
+    if plain == 0:
+        return ", each batch randomly shifted, rotated and rescaled"
+    return (
+        ", each batch randomly shifted, rotated and rescaled "
+        f"(the last {plain} epoch{'s' if plain > 1 else ''}: the digits as they are)"
     )
 
 
