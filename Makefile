@@ -50,6 +50,8 @@ bench: $(VENV)/.dev data
 	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python serve_load.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python model_accuracy.py
+	$(BIN)/digitlab train --model cnn
+	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest
 
 # The tutorial's own stack, in its own environment: tf.keras on TensorFlow's CPU build.
 TF_VENV := .venv-tf

@@ -135,8 +135,9 @@ def main() -> None:
             "count": int(chosen.sum()),
             "accuracy": float(np.mean(photo_labels[chosen] == labels[chosen])),
         }
+    model = predictor.manifest.get("model")
     write_result(
-        "robustness",
+        "robustness" if model == "mlp" else f"robustness_{model}",  # one file per model
         {
             "model": predictor.manifest.get("model"),
             "run": str(arguments.run or "runs/latest"),
