@@ -138,8 +138,9 @@ def augmented_batches(
 
     (N, 28, 28) uint8 -> batches of (batch_size, *input_shape) float32 in [0, 1].
     """
-    augmented_epochs = config.epochs - plain_epochs(config)
     import keras
+
+    augmented_epochs = config.epochs - plain_epochs(config)
 
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -153,10 +154,9 @@ def augmented_batches(
 
         def __getitem__(self, index):
             chosen = self.order[index * config.batch_size : (index + 1) * config.batch_size]
-            if self.epoch < augmented_epochs:
-                batch = augment(images[chosen], self.rng)
-            else:
-                batch = images[chosen].astype(np.float32) / 255
+            if self.epoch >= augmented_epochs:
+                return models.prepare(images[chosen], input_shape), labels[chosen]
+            batch = augment(images[chosen], self.rng)  # float32 in [0, 1], like prepare()
             return batch.reshape((len(chosen), *input_shape)), labels[chosen]
 
         def on_epoch_end(self):
@@ -222,17 +222,8 @@ def train(
         }
     report(
         f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
-        + (_describe_augmentation(config) if config.augment else "")
-        + (
-            f", holding out {held_out:,} images for validation (the best epoch is kept"
-            + (
-                f", stopping after {config.early_stopping} without progress)"
-                if config.early_stopping
-                else ")"
-            )
-            if held_out
-            else ""
-        )
+        + _describe_augmentation(config)
+        + _describe_validation(config, held_out)
     )
     timer, epoch_seconds = _epoch_timer()
     keep_best = _keep_best(config.early_stopping)
@@ -282,6 +273,8 @@ def plain_epochs(config: TrainConfig) -> int:
 
 
 def _describe_augmentation(config: TrainConfig) -> str:
+    if not config.augment:
+        return ""
     plain = plain_epochs(config)
     if plain == 0:
         return ", each batch randomly shifted, rotated and rescaled"
@@ -289,6 +282,17 @@ def _describe_augmentation(config: TrainConfig) -> str:
         ", each batch randomly shifted, rotated and rescaled "
         f"(the last {plain} epoch{'s' if plain > 1 else ''}: the digits as they are)"
     )
+
+
+def _describe_validation(config: TrainConfig, held_out: int) -> str:
+    if not held_out:
+        return ""
+    stopping = (
+        f", stopping after {config.early_stopping} without progress"
+        if config.early_stopping
+        else ""
+    )
+    return f", holding out {held_out:,} images for validation (the best epoch is kept{stopping})"
 
 
 def _describe_rate(config: TrainConfig) -> str:
