@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export KERAS_BACKEND ?= jax
 
-.PHONY: run test test-fast bench bench-compare lint data system-packages clean
+.PHONY: run test test-fast bench bench-compare lint data data-fashion system-packages clean
 
 # The package and its runtime dependencies; redone when pyproject.toml changes.
 $(BIN)/digitlab: pyproject.toml
@@ -19,7 +19,10 @@ $(VENV)/.dev: $(BIN)/digitlab
 
 data: $(BIN)/digitlab
 	$(BIN)/digitlab data fetch --dataset mnist
-	$(BIN)/digitlab data fetch --dataset fashion-mnist || echo "fashion-mnist not fetched: only its test needs it"
+
+# Fashion-MNIST is only for the tests (and make bench): make run does not fetch it.
+data-fashion: $(BIN)/digitlab system-packages
+	$(BIN)/digitlab data fetch --dataset fashion-mnist
 
 # Debian packages the tests use: chromium for the browser tests (Playwright's own browser
 # download cannot work here) and dataset-fashion-mnist (the Fashion-MNIST source used offline).
@@ -35,7 +38,7 @@ system-packages:
 run: data
 	$(BIN)/digitlab train
 
-test: $(VENV)/.dev system-packages data
+test: $(VENV)/.dev system-packages data data-fashion
 	$(BIN)/python -m pytest
 
 # Everything but the tests that train on real MNIST or drive a browser.
@@ -44,7 +47,7 @@ test-fast: $(VENV)/.dev
 
 # Each benchmark prints and writes JSON to benchmarks/results/; they train and predict with
 # the newest run in ./runs (make run makes one).
-bench: $(VENV)/.dev data
+bench: $(VENV)/.dev data data-fashion
 	cd benchmarks && ../$(BIN)/python seed_pipeline.py
 	cd benchmarks && ../$(BIN)/python predict_speed.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest

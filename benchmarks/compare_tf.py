@@ -109,9 +109,8 @@ def digitlab_cnn_progress(data: datasets.Arrays) -> dict:
     import keras
 
     from digitlab import models, training
-    from digitlab.config import TrainConfig
 
-    test_inputs = models.prepare(data[1][0], models.INPUT_SHAPES["cnn"])
+    test_inputs = models.prepare(data[1][0], models.get("cnn").input_shape)
     record = {"epoch_seconds": [], "test_accuracy": []}
 
     class TestAccuracy(keras.callbacks.Callback):
@@ -121,7 +120,7 @@ def digitlab_cnn_progress(data: datasets.Arrays) -> dict:
             record["test_accuracy"].append(accuracy)
 
     result = training.train(
-        TrainConfig.for_model("cnn"),
+        models.get("cnn").config(),
         data,
         report=lambda line: None,
         verbose=0,

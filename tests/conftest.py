@@ -24,12 +24,31 @@ def digitlab_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def use_real_mnist_cache(patch: pytest.MonkeyPatch) -> None:
+    """Point digitlab at the cache that `make test` fills, and never at the network."""
+    patch.setenv("DIGITLAB_HOME", str(REAL_HOME))
+    patch.setenv("DIGITLAB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def mnist_files() -> datasets.DataFiles:
+    """The real MNIST files, verified, read once per test session."""
+    with pytest.MonkeyPatch.context() as patch:
+        use_real_mnist_cache(patch)
+        return datasets.ensure("mnist", report=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays(mnist_files) -> datasets.Arrays:
+    """``(x_train, y_train), (x_test, y_test)`` of the real MNIST."""
+    return datasets.to_arrays(mnist_files)
+
+
 @pytest.fixture
-def real_mnist(monkeypatch) -> datasets.DataFiles:
-    """The real MNIST files from the cache that `make test` fills (never from the network)."""
-    monkeypatch.setenv("DIGITLAB_HOME", str(REAL_HOME))
-    monkeypatch.setenv("DIGITLAB_OFFLINE", "1")
-    return datasets.ensure("mnist", report=lambda line: None)
+def real_mnist(mnist_files, monkeypatch) -> datasets.DataFiles:
+    """The real MNIST files, with the test's DIGITLAB_HOME on their cache (for CLI tests)."""
+    use_real_mnist_cache(monkeypatch)
+    return mnist_files
 
 
 def render_digit(digit: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
@@ -103,30 +122,17 @@ def pinned_spec(raw: dict, sources: tuple = (), name: str = "tiny") -> datasets.
 
 
 @pytest.fixture(scope="session")
-def mnist_run(tmp_path_factory) -> Path:
+def mnist_run(tmp_path_factory, mnist_files, mnist_arrays) -> Path:
     """A run folder with the tutorial's MLP trained 2 epochs on the real MNIST (~97.5%)."""
-    import os
-
-    from digitlab import artifacts, models, training
+    from digitlab import artifacts, training
     from digitlab.config import TrainConfig
 
-    saved = {key: os.environ.get(key) for key in ("DIGITLAB_HOME", "DIGITLAB_OFFLINE")}
-    os.environ.update({"DIGITLAB_HOME": str(REAL_HOME), "DIGITLAB_OFFLINE": "1"})
-    try:
-        files = datasets.ensure("mnist", report=lambda line: None)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     result = training.train(
-        TrainConfig(epochs=2), datasets.to_arrays(files), report=lambda line: None, verbose=0
+        TrainConfig(epochs=2), mnist_arrays, report=lambda line: None, verbose=0
     )
-    folder = tmp_path_factory.mktemp("runs") / "mnist-mlp"
-    folder.mkdir()
-    artifacts.save_model(result.model, folder)
-    artifacts.write_manifest(
-        folder, artifacts.build_manifest(result, files, models.INPUT_SHAPES["mlp"])
-    )
-    return folder
+    _, (x_test, y_test) = mnist_arrays
+    root = tmp_path_factory.mktemp("runs")
+    return artifacts.save_run(result, mnist_files, x_test, y_test, root=root)
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -150,7 +156,9 @@ def browser():
 
     executable = shutil.which("chromium") or CHROMIUM
     if not Path(executable).exists():
-        pytest.fail("chromium is not installed: run `make browser` (apt-get install chromium)")
+        pytest.fail(
+            "chromium is not installed: run `make system-packages` (apt-get install chromium)"
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=executable, headless=True, args=CHROMIUM_ARGS

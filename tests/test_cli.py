@@ -187,12 +187,23 @@ def test_bad_input_is_one_line_and_non_zero(arguments, message, monkeypatch):
         assert "skipped, DIGITLAB_OFFLINE is set" in result.output
 
 
-def test_a_damaged_model_file_is_a_clear_error(trained_run):
+@pytest.mark.parametrize(
+    ("damaged", "command"),
+    [
+        ("model.keras", ["evaluate", "--keras"]),
+        ("inference.npz", ["evaluate"]),
+        ("inference.npz", ["show"]),
+        ("inference.npz", ["report"]),
+    ],
+)
+def test_a_damaged_model_file_is_a_clear_error(trained_run, damaged, command):
     latest, _ = trained_run
-    (latest / "model.keras").write_bytes(b"not a zip file")
-    result = CliRunner().invoke(cli, ["evaluate", "--run", str(latest)])
+    whole = (latest / damaged).read_bytes()
+    (latest / damaged).write_bytes(whole[: len(whole) // 2])  # truncated, as by a full disk
+    result = CliRunner().invoke(cli, [*command, "--run", str(latest)])
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot load")
+    assert damaged in result.output and "damaged" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

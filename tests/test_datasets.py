@@ -85,7 +85,7 @@ def test_fetch_from_a_folder_verifies_and_caches(tmp_path, tiny_data, digitlab_h
         assert (digitlab_home / "data" / "tiny" / name).read_bytes() == data
     # Second time: the cache alone serves it, no source is asked.
     again = datasets.ensure(spec, report=lambda line: None)
-    assert again.source == "--from " + str(tmp_path / "given")
+    assert again.source == "given path " + str(tmp_path / "given")
     (x_train, y_train), (x_test, y_test) = datasets.to_arrays(again)
     np.testing.assert_array_equal(x_test, tiny_data[1][0])
 
@@ -129,7 +129,8 @@ def test_a_source_with_wrong_bytes_is_never_used(tmp_path, tiny_data):
         datasets.ensure(spec, report=lambda line: None)
     message = str(caught.value)
     assert "train-images-idx3-ubyte: checksum mismatch" in message
-    assert "--from PATH" in message  # what the user can do
+    assert isinstance(caught.value, datasets.DataUnavailableError)
+    assert caught.value.dataset == "tiny"
     assert not (spec.cache_dir / "train-images-idx3-ubyte").exists()
 
 
@@ -264,10 +265,9 @@ def test_when_every_source_fails_the_error_names_each(tmp_path, mirror):
     with pytest.raises(DataError) as caught:
         datasets.ensure(spec, from_path=tmp_path / "nowhere", report=lambda line: None)
     message = str(caught.value)
-    assert f"--from {tmp_path / 'nowhere'}: " in message and "does not exist" in message
+    assert f"given path {tmp_path / 'nowhere'}: " in message and "does not exist" in message
     assert "mirror http://127.0.0.1:9/: " in message
     assert "HTTP 404" in message
-    assert "What you can do" in message
 
 
 # ------------------------------------------------------------------------ the real MNIST

@@ -59,6 +59,12 @@ def test_expected_calibration_error_by_hand():
     assert perfect["ece"] == pytest.approx(0.0)
 
 
-def test_best_epoch_is_where_validation_loss_is_lowest():
-    assert evaluation.best_epoch({"loss": [3, 2, 1, 0.5], "val_loss": [2, 1.5, 1.6, 1.9]}) == 2
-    assert evaluation.best_epoch({"loss": [1, 0.5]}) is None
+def test_overfitting_verdict_and_prediction_lines():
+    assert evaluation.overfitting_verdict(0.01).startswith("overfitting")
+    assert evaluation.overfitting_verdict(-0.01) == "no overfitting gap"
+    lines = evaluation.prediction_lines([7, 2, 1], [7, 2, 7], first_index=5)
+    assert lines == [
+        "digits 5-7 of the test set:",
+        "true       7 2 1",
+        "predicted  7 2 7   (2 of 3 right)",
+    ]

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from digitlab import datasets, preprocess
+from digitlab import preprocess
 from digitlab.cli import cli
-from digitlab.predict import Predictor
+from digitlab.predict import DigitAnswer, NumberAnswer, Predictor
 
 
 def on_paper(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -27,19 +27,9 @@ def on_paper(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def test_digits(real_mnist_module):
-    _, (x_test, y_test) = datasets.to_arrays(real_mnist_module)
+def test_digits(mnist_arrays):
+    _, (x_test, y_test) = mnist_arrays
     return x_test, y_test
-
-
-@pytest.fixture(scope="module")
-def real_mnist_module():
-    from conftest import REAL_HOME
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DIGITLAB_HOME", str(REAL_HOME))
-        patch.setenv("DIGITLAB_OFFLINE", "1")
-        return datasets.ensure("mnist", report=lambda line: None)
 
 
 def test_numpy_runtime_matches_keras(mnist_run, test_digits):
@@ -101,7 +91,11 @@ def test_predict_command_plain_json_errors_and_inputs(mnist_run, test_digits, tm
     as_json = CliRunner().invoke(cli, ["predict", "--run", str(mnist_run), "--json", str(folder)])
     records = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
     good = [r for r in records if "error" not in r]
-    assert [set(r) for r in good] == [{"path", "label", "confidence", "probabilities"}] * 3
+    assert [set(r) for r in good] == [
+        {"path", "label", "label_name", "confidence", "probabilities"}
+    ] * 3
+    for record in good:
+        DigitAnswer.model_validate({key: v for key, v in record.items() if key != "path"})
     assert [r["label"] for r in good] == y_test[:3].tolist()
     assert all(len(r["probabilities"]) == 10 for r in good)
     assert sorted(set(r) for r in records if "error" in r) == [{"path", "error"}] * 2
@@ -133,6 +127,10 @@ def test_predict_a_written_number(mnist_run, test_digits, tmp_path):
     record = json.loads(result.stdout)
     assert record["text"] == "1207"
     assert len(record["digits"]) == 4
+    # One schema for a number: the CLI's (here) and the API's (test_web) validate against it.
+    answer = NumberAnswer.model_validate({k: v for k, v in record.items() if k != "path"})
+    product = np.prod([digit.confidence for digit in answer.digits])
+    assert answer.confidence == pytest.approx(product)
     plain = CliRunner().invoke(
         cli, ["predict", "--run", str(mnist_run), "--number", str(tmp_path / "number.png")]
     )

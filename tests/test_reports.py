@@ -77,9 +77,11 @@ def test_runs_lists_and_compare_puts_side_by_side(tiny_folder, tiny_run, tmp_pat
     )
     assert second.exit_code == 0
     (tmp_path / "runs" / "not-a-run").mkdir()
-    listing = CliRunner().invoke(cli, ["runs"]).output.strip().splitlines()
+    result = CliRunner().invoke(cli, ["runs"])
+    listing = result.stdout.strip().splitlines()
     assert listing[0].split()[:4] == ["run", "model", "dataset", "epochs"]
     assert len(listing) == 3 and listing[-1].endswith("<- latest")
+    assert "skipped: " in result.stderr and "not-a-run is not a complete run" in result.stderr
     latest = (tmp_path / "runs" / "latest").resolve()
     compared = CliRunner().invoke(cli, ["compare", str(tiny_run), str(latest)])
     assert compared.exit_code == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitlab import DigitlabError, training
+from digitlab import DigitlabError, models, training
 from digitlab.config import TrainConfig
 
 
@@ -57,7 +57,7 @@ def test_without_validation_nothing_is_kept():
 
 
 def test_warmup_cosine_schedule_rises_then_falls_to_zero():
-    config = TrainConfig.for_model("cnn")
+    config = models.get("cnn").config()
     schedule = training.learning_rate(config, total_steps=800)
     rates = [float(schedule(step)) for step in (0, 50, 100, 400, 800)]
     assert rates[0] == pytest.approx(0.0, abs=1e-9)
@@ -68,10 +68,10 @@ def test_warmup_cosine_schedule_rises_then_falls_to_zero():
 
 
 def test_model_defaults_and_overrides():
-    cnn = TrainConfig.for_model("cnn", epochs=3, batch_size=None)
+    cnn = models.get("cnn").config(epochs=3, batch_size=None)
     assert cnn.epochs == 3 and cnn.batch_size == 256 and cnn.augment
-    assert TrainConfig.for_model("mlp") == TrainConfig()
-    assert not TrainConfig.for_model("cnn", augment=False).augment
+    assert models.get("mlp").config() == TrainConfig()
+    assert not models.get("cnn").config(augment=False).augment
 
 
 @pytest.mark.parametrize(
@@ -90,10 +90,10 @@ def test_bad_settings_are_clear_errors(changes, message, tiny_data):
 def test_plain_final_epochs_are_unaugmented_and_at_most_half_the_run():
     images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
     labels = np.zeros(40, np.uint8)
-    config = TrainConfig.for_model("cnn", epochs=4, batch_size=40)
+    config = models.get("cnn").config(epochs=4, batch_size=40)
     assert training.plain_epochs(config) == 2
-    assert training.plain_epochs(TrainConfig.for_model("cnn", epochs=3)) == 1
-    assert training.plain_epochs(TrainConfig.for_model("cnn", augment=False)) == 0
+    assert training.plain_epochs(models.get("cnn").config(epochs=3)) == 1
+    assert training.plain_epochs(models.get("cnn").config(augment=False)) == 0
     batches = training.augmented_batches(images, labels, config, (28, 28, 1))
     plain = images.astype(np.float32)[..., None] / 255
     seen = []
@@ -116,20 +116,17 @@ def test_the_cnn_reaches_its_accuracy_on_real_mnist(real_mnist, tmp_path):
     benchmarks/model_accuracy.py measures the mean over seeds; a single seed is held to the
     floor every seed must clear, 99.4%. Its saved copy predicts the same without Keras.
     """
-    from digitlab import artifacts, datasets, models
+    from digitlab import artifacts, datasets
     from digitlab.predict import Predictor
 
     data = datasets.to_arrays(real_mnist)
-    result = training.train(TrainConfig.for_model("cnn"), data, report=lambda line: None, verbose=0)
+    result = training.train(models.get("cnn").config(), data, report=lambda line: None, verbose=0)
     assert result.metrics["test_accuracy"] >= 0.994, result.metrics
     tutorial_labels = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
     right = sum(p == t for p, t in zip(result.first_labels, tutorial_labels, strict=True))
     assert right >= 19 and result.best_epoch is not None
-    artifacts.save_model(result.model, tmp_path)
-    artifacts.write_manifest(
-        tmp_path, artifacts.build_manifest(result, real_mnist, models.INPUT_SHAPES["cnn"])
-    )
-    predictor = Predictor.from_run(tmp_path)
-    _, (x_test, _) = data
+    _, (x_test, y_test) = data
+    folder = artifacts.save_run(result, real_mnist, x_test, y_test, root=tmp_path)
+    predictor = Predictor.from_run(folder)
     probabilities = predictor.predict_digits(x_test[:500])
     np.testing.assert_allclose(probabilities, result.test_probabilities[:500], atol=1e-4)

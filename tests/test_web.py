@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from digitlab import datasets
-from digitlab.predict import Predictor
-from digitlab.web.app import MAX_BATCH, Guard, create_app
+from digitlab.config import ServeConfig
+from digitlab.predict import DigitAnswer, NumberAnswer, Predictor
+from digitlab.web.app import LIMITS, Guard, create_app
 
 
 def png(array: np.ndarray) -> bytes:
@@ -33,13 +33,8 @@ def png(array: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def mnist_test(mnist_run):
-    from conftest import REAL_HOME
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DIGITLAB_HOME", str(REAL_HOME))
-        patch.setenv("DIGITLAB_OFFLINE", "1")
-        _, (x_test, y_test) = datasets.load_data("mnist", report=lambda line: None)
+def mnist_test(mnist_arrays):
+    _, (x_test, y_test) = mnist_arrays
     return x_test, y_test
 
 
@@ -91,6 +86,7 @@ def test_predict_a_raw_image_body(client, mnist_test):
     assert len(answer["probabilities"]) == 10 and answer["confidence"] > 0.5
     seen = Image.open(io.BytesIO(base64.b64decode(answer["input_png"])))
     assert seen.size == (28, 28)
+    DigitAnswer.model_validate(answer)
 
 
 def test_predict_a_multipart_file_and_json_pixels(client, mnist_test):
@@ -111,6 +107,9 @@ def test_predict_a_number(client, mnist_test):
     assert response.status_code == 200
     answer = response.json()
     assert answer["text"] == "403" and len(answer["digits"]) == 3
+    # The same schema as the CLI's --number --json (test_predict), plus what the page shows.
+    checked = NumberAnswer.model_validate(answer)
+    assert checked.input_png and all(digit.input_png for digit in checked.digits)
 
 
 def test_batch_answers_each_image_and_fails_only_the_bad_one(client, mnist_test):
@@ -119,13 +118,14 @@ def test_batch_answers_each_image_and_fails_only_the_bad_one(client, mnist_test)
     files.append(("files", ("bad.png", b"not an image", "image/png")))
     results = client.post("/api/predict/batch", files=files).json()["results"]
     assert [r.get("label") for r in results[:3]] == y_test[:3].tolist()
-    assert results[3] == {"name": "bad.png", "error": "not an image file digitlab can read"}
+    assert results[3]["name"] == "bad.png" and set(results[3]) == {"name", "error"}
+    assert results[3]["error"].startswith("not an image file digitlab can read")
     as_json = client.post(
         "/api/predict/batch", json={"images": [{"pixels": x_test[i].tolist()} for i in range(2)]}
     )
     assert [r["label"] for r in as_json.json()["results"]] == y_test[:2].tolist()
     too_many = client.post(
-        "/api/predict/batch", json={"images": [x_test[0].tolist()] * (MAX_BATCH + 1)}
+        "/api/predict/batch", json={"images": [x_test[0].tolist()] * (LIMITS.max_batch + 1)}
     )
     assert too_many.status_code == 413
 
@@ -159,7 +159,7 @@ def test_bad_input_gets_a_4xx_with_a_clear_message(client, body, content_type, s
 
 
 def test_an_oversize_body_is_refused_before_it_is_read(mnist_run):
-    app = create_app(Predictor.from_run(mnist_run), max_body_bytes=1000)
+    app = create_app(Predictor.from_run(mnist_run), ServeConfig(max_body_bytes=1000))
     with TestClient(app) as small:
         declared = small.post(
             "/api/predict", content=b"x" * 5000, headers={"Content-Type": "image/png"}

@@ -1,21 +1,29 @@
-"""Run folders: the model with its manifest (``metrics.json``), saved atomically, loaded safely.
+"""Run folders: a trained model with its manifest, plots and report, published atomically and
+loaded as untrusted input.
 
-A run folder holds ``model.keras``, ``metrics.json`` (config, seed, history, metrics, data
-checksums, library versions, label names, input shape) and plots. ``runs/latest`` points at the
-newest one.
+A run folder holds ``model.keras``, ``inference.npz`` (the NumPy copy, ``runtime``),
+``metrics.json`` (the manifest: config, seed, history, metrics, data checksums, library
+versions, label names, input shape), ``predictions.png``, ``history.png`` and ``report.html``.
+``runs/latest`` points at the newest. ``save_run`` is the one place that writes them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from digitlab import DigitlabError, __version__, config, runtime
-from digitlab.fileio import atomic_path, atomic_write_text, point_symlink
+from digitlab.fileio import atomic_path, atomic_write_text, leftover_name, point_symlink, umask
 
 if TYPE_CHECKING:
     import keras
@@ -25,13 +33,19 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+PREDICTIONS_PLOT = "predictions.png"
+HISTORY_PLOT = "history.png"
 LATEST = "latest"
+PREPROCESSING = "uint8 (N, 28, 28) / 255 -> float32 in [0, 1], reshaped to input_shape"
+
+
+class NoRunError(DigitlabError):
+    """There is no trained model where one was looked for."""
 
 
 def library_versions() -> dict[str, str]:
     import jax
     import keras
-    import numpy
 
     return {
         "digitlab": __version__,
@@ -39,19 +53,19 @@ def library_versions() -> dict[str, str]:
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
         "jax": jax.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
     }
 
 
-def build_manifest(result: TrainResult, files: DataFiles, input_shape: tuple[int, ...]) -> dict:
+def build_manifest(result: TrainResult, files: DataFiles) -> dict:
     return {
         "model": result.config.model,
         "dataset": files.spec.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": result.config.to_dict(),
         "seed": result.config.seed,
-        "input_shape": list(input_shape),
-        "preprocessing": "uint8 (N, 28, 28) / 255 -> float32 in [0, 1], reshaped to input_shape",
+        "input_shape": list(result.input_shape),
+        "preprocessing": PREPROCESSING,
         "label_names": list(files.spec.label_names),
         "layers": [
             {
@@ -78,21 +92,8 @@ def build_manifest(result: TrainResult, files: DataFiles, input_shape: tuple[int
     }
 
 
-def new_run_dir(model_name: str, root: Path | None = None) -> Path:
-    root = root or config.runs_dir()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate = root / f"{stamp}-{model_name}"
-    suffix = 1
-    while candidate.exists():
-        suffix += 1
-        candidate = root / f"{stamp}-{model_name}-{suffix}"
-    return candidate
-
-
 def save_model(model: keras.Model, folder: Path) -> None:
     """``model.keras``, and ``inference.npz`` for the NumPy runtime when its layers allow."""
-    import numpy as np
-
     with atomic_path(folder / MODEL_FILE) as temporary:
         model.save(temporary)
     exported = runtime.export(model)
@@ -105,6 +106,117 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     atomic_write_text(folder / METRICS_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
+def save_run(
+    result: TrainResult,
+    files: DataFiles,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    root: Path | None = None,
+    progress: Callable[[str], None] = lambda step: None,
+) -> Path:
+    """Write a complete run folder for ``result`` under ``root`` (default ``runs/``), point
+    ``latest`` at it, and return it.
+
+    The folder is built under a temporary name and renamed into place when complete, so a
+    reader never sees half a run. Its name is reserved first (``mkdir`` is atomic), so two
+    trainings finishing in the same second get two folders. If the final rename fails, the
+    finished folder is kept under its temporary name and the error says where.
+    """
+    from digitlab import reports
+
+    root = Path(root or config.runs_dir())
+    manifest = build_manifest(result, files)
+    final = _reserve_run_dir(root, result.config.model)
+    temporary = Path(tempfile.mkdtemp(prefix=leftover_name(final.name), suffix=".tmp", dir=root))
+    try:
+        save_model(result.model, temporary)
+        write_manifest(temporary, manifest)
+        shown = len(result.first_labels)
+        label_names = files.spec.label_names
+        reports.plot_predictions(
+            test_images[:shown],
+            test_labels[:shown],
+            result.first_labels,
+            temporary / PREDICTIONS_PLOT,
+            label_names,
+            confidences=result.first_confidences,
+        )
+        reports.plot_history(
+            result.history,
+            temporary / HISTORY_PLOT,
+            test_accuracy=result.metrics["test_accuracy"],
+            best=result.best_epoch,
+        )
+        reports.build_report(
+            temporary,
+            manifest,
+            test_images,
+            test_labels,
+            result.test_probabilities,
+            progress=progress,
+            run_name=final.name,
+        )
+        os.chmod(temporary, 0o777 & ~umask())
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        _release(final)
+        raise
+    try:
+        _publish(temporary, final)
+    except OSError as error:
+        _release(final)
+        raise DigitlabError(
+            f"the trained run is complete but could not be published as {final} "
+            f"({error.strerror or error}); it is kept in {temporary}"
+        ) from None
+    mark_latest(final)
+    return final
+
+
+def _reserve_run_dir(root: Path, model_name: str) -> Path:
+    """Create and return an empty ``root/YYYYmmdd-HHMMSS-model[-N]`` no other process holds."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DigitlabError(f"cannot create the runs folder {root}: {error.strerror}") from None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in range(1, 1000):
+        candidate = root / (f"{stamp}-{model_name}" + (f"-{suffix}" if suffix > 1 else ""))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise DigitlabError(f"cannot write a run in {root}: {error.strerror}") from None
+    raise DigitlabError(f"cannot find a free run name in {root}")
+
+
+def _publish(temporary: Path, final: Path) -> None:
+    os.replace(temporary, final)  # onto the empty reserved folder: one atomic rename
+
+
+def _release(reserved: Path) -> None:
+    try:
+        reserved.rmdir()  # only if still empty
+    except OSError:
+        pass
+
+
+def check_writable(root: Path | None = None) -> Path:
+    """Fail before a long training, not after it, when runs cannot be written to ``root``."""
+    root = Path(root or config.runs_dir())
+    if root.exists() and not root.is_dir():
+        raise DigitlabError(f"cannot write runs to {root}: it is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=leftover_name("write-check"))
+        probe.close()
+    except OSError as error:
+        raise DigitlabError(f"cannot write runs to {root}: {error.strerror or error}") from None
+    return root
+
+
 def mark_latest(run_dir: Path) -> None:
     point_symlink(run_dir.parent / LATEST, run_dir.name)
 
@@ -114,10 +226,7 @@ def resolve_run(run: Path | None = None) -> Path:
     if run is None:
         latest = config.runs_dir() / LATEST
         if not latest.exists():
-            raise DigitlabError(
-                f"no trained model in {config.runs_dir()}/: run `digitlab train` "
-                f"first, or name a run folder with --run"
-            )
+            raise NoRunError(f"no trained model in {config.runs_dir()}/")
         run = latest
     run = Path(run).expanduser()
     if not run.is_dir():
@@ -129,14 +238,22 @@ def resolve_run(run: Path | None = None) -> Path:
 
 
 def read_manifest(run: Path) -> dict:
+    """The manifest of a run folder, checked against its schema (``manifest.Manifest``)."""
+    from digitlab.manifest import validate
+
+    path = run / METRICS_FILE
     try:
-        manifest = json.loads((run / METRICS_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise DigitlabError(f"{run / METRICS_FILE} is unreadable: {error}") from None
-    for key in ("model", "dataset", "input_shape", "metrics", "label_names"):
-        if key not in manifest:
-            raise DigitlabError(f"{run / METRICS_FILE} lacks {key!r}: not a digitlab run")
-    return manifest
+        text = path.read_text()
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise DigitlabError(f"{path} is over {MAX_MANIFEST_BYTES // 2**20} MiB: not a manifest")
+        manifest = json.loads(text)
+    except (OSError, ValueError, RecursionError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not valid JSON"
+        raise DigitlabError(f"{path} is unreadable: {reason}") from None
+    return validate(manifest, path)
+
+
+MAX_MANIFEST_BYTES = 16 * 2**20  # a real one is ~10 kB
 
 
 @dataclass
@@ -151,7 +268,7 @@ class Run:
 
 
 def load_run(run: Path | None = None) -> Run:
-    """Load a run's model (Keras safe mode: no arbitrary code) and manifest."""
+    """Load a run's Keras model (safe mode: no arbitrary code) and manifest."""
     import keras
 
     folder = resolve_run(run)
@@ -159,5 +276,8 @@ def load_run(run: Path | None = None) -> Run:
     try:
         model = keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
     except Exception as error:  # Keras raises many types for a damaged file
-        raise DigitlabError(f"cannot load {folder / MODEL_FILE}: {error}") from None
+        raise DigitlabError(
+            f"cannot load {folder / MODEL_FILE}: damaged or not a Keras model "
+            f"({type(error).__name__})"
+        ) from None
     return Run(folder, manifest, model)

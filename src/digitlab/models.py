@@ -1,20 +1,64 @@
-"""The models: the tutorial's MLP and a stronger CNN. Builders return plain ``keras.Sequential``.
+"""The model kinds digitlab trains, one registered ``ModelKind`` each.
 
-Each model names the input shape it takes; ``prepare`` turns MNIST's uint8 images into it.
+A kind carries everything that differs between models: its builder (a plain
+``keras.Sequential``), the input shape it takes, its training defaults with their reasons, and
+the line ``digitlab train --help`` shows. The CLI, the trainer and the run folders read it from
+here; adding a model is one ``register(ModelKind(...))`` below (plus ``runtime`` support if it
+brings a layer kind the NumPy runtime does not know yet).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitlab import DigitlabError
+from digitlab.config import IMAGE_SIDE, NUM_CLASSES, TrainConfig
 
 if TYPE_CHECKING:  # keras is imported inside the builders: it takes seconds to import
     import keras
 
-NUM_CLASSES = 10
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    description: str  # one line for `digitlab train --help`
+    build: Callable[[], keras.Sequential]
+    input_shape: tuple[int, ...]  # what one digit looks like to the model
+    # TrainConfig fields that differ from the tutorial's defaults, each for a measured reason
+    defaults: dict = field(default_factory=dict)
+
+    def config(self, **overrides) -> TrainConfig:
+        """This kind's TrainConfig: its defaults, then the ``overrides`` that are not None."""
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        return TrainConfig(**{**self.defaults, **chosen, "model": self.name})
+
+    def default(self, setting: str):
+        return self.config().to_dict()[setting]
+
+
+MODELS: dict[str, ModelKind] = {}
+
+
+def register(kind: ModelKind) -> ModelKind:
+    MODELS[kind.name] = kind
+    return kind
+
+
+def get(name: str) -> ModelKind:
+    if name not in MODELS:
+        raise DigitlabError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build(name: str) -> keras.Sequential:
+    return get(name).build()
+
+
+# ------------------------------------------------------------------------------- the kinds
 
 
 def build_mlp() -> keras.Sequential:
@@ -23,12 +67,22 @@ def build_mlp() -> keras.Sequential:
 
     return keras.Sequential(
         [
-            keras.Input(shape=(784,)),
+            keras.Input(shape=(IMAGE_SIDE * IMAGE_SIDE,)),
             keras.layers.Dense(512, activation="relu"),
             keras.layers.Dense(NUM_CLASSES, activation="softmax"),
         ],
         name="mlp",
     )
+
+
+register(
+    ModelKind(
+        name="mlp",
+        description="the tutorial's Dense(512) -> Dense(10), 5 epochs, ~98% on MNIST in ~10 s",
+        build=build_mlp,
+        input_shape=(IMAGE_SIDE * IMAGE_SIDE,),
+    )
+)
 
 
 def _convolution(filters: int, kernel_size: int, strides: int = 1, padding: str = "same") -> list:
@@ -55,7 +109,7 @@ def build_cnn(dropout_rate: float = 0.1) -> keras.Sequential:
 
     return keras.Sequential(
         [
-            keras.Input(shape=(28, 28, 1)),
+            keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE, 1)),
             *_convolution(32, 5, strides=2),  # (28, 28, 1) -> (14, 14, 32)
             *_convolution(64, 3, strides=2),  # -> (7, 7, 64)
             keras.layers.Flatten(),  # -> (3136,)
@@ -69,14 +123,28 @@ def build_cnn(dropout_rate: float = 0.1) -> keras.Sequential:
     )
 
 
-MODELS = {"mlp": build_mlp, "cnn": build_cnn}
-INPUT_SHAPES = {"mlp": (784,), "cnn": (28, 28, 1)}
+register(
+    ModelKind(
+        name="cnn",
+        description="convolutions with batch norm, dropout, augmentation and a learning-rate "
+        "schedule, 12 epochs: 99.5% on MNIST in about 3 minutes on 2 cores",
+        build=build_cnn,
+        input_shape=(IMAGE_SIDE, IMAGE_SIDE, 1),
+        defaults={
+            "epochs": 12,  # 15 were no better in probes (99.39% vs 99.47%); ~13 s each on 2 cores
+            "batch_size": 256,  # fewer, larger steps: 2 cores ran it ~15% faster than 128
+            "validation_split": 1 / 12,  # 5,000 of MNIST's 60,000: the classic 55,000/5,000
+            "learning_rate": 0.003,  # peak of the schedule; batch norm keeps it stable
+            "schedule": "warmup-cosine",
+            "augment": True,
+            # the last 2 of 12 epochs unaugmented: 99.47% -> 99.60% (seed 0), 99.50% (seed 1)
+            "plain_final_epochs": 2,
+        },
+    )
+)
 
 
-def build(name: str) -> keras.Sequential:
-    if name not in MODELS:
-        raise DigitlabError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
-    return MODELS[name]()
+# ------------------------------------------------------------------------ shared by the kinds
 
 
 def compile_model(
@@ -101,6 +169,6 @@ def prepare(images: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     (N, 28, 28) uint8 -> (N, *input_shape) float32 in [0, 1], e.g. (N, 784) for the MLP.
     """
     images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DigitlabError(f"expected images of shape (N, 28, 28), got {images.shape}")
     return (images.astype("float32") / 255.0).reshape((images.shape[0], *input_shape))

@@ -9,7 +9,11 @@ number into its digits. Both are used by the CLI, the Python API and the web ser
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from digitlab import DigitlabError
+from digitlab.config import IMAGE_SIDE
 
-MNIST_SIDE = 28  # the output canvas
 MNIST_BOX = 20  # MNIST's makers scaled each digit's longer side to 20 px
 WORKING_MAX_SIDE = 512  # larger images are reduced first: enough for any pen line, and fast
 STROKE_CANVAS = 80  # stroke thickness is measured and adjusted with the digit at this size
@@ -33,11 +37,30 @@ MIN_CONTRAST = 0.12  # ink brighter than the background by less than this (0-1 s
 MIN_INK_FRACTION = 0.0004  # of the image's pixels; fewer: nothing written there
 SPECK_FRACTION = 0.04  # ink blobs smaller than this fraction of the largest are noise
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger files are refused before decoding
-MAX_PIXELS = 40_000_000  # and so are larger images (PIL's bomb check works from the header)
+# Larger images are refused from their header, before decoding: 25 M pixels is a 24-megapixel
+# camera's photo, and decoding one costs up to ~0.5 GB on the way to grayscale.
+MAX_PIXELS = 25_000_000
+# The formats digitlab opens. Pillow otherwise picks a decoder by content, and some run
+# programs (EPS bytes go to Ghostscript) or have a long record of decoder bugs.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "AVIF")  # JPEG covers MPO
 
 
 class ImageError(DigitlabError):
-    """An image that cannot be read."""
+    """An image that cannot be read: ``reason`` says why, ``source`` names it (a path,
+    ``-`` for standard input, a form field), or is None when the caller names it."""
+
+    def __init__(self, reason: str, source: str | None = None):
+        super().__init__(f"{source}: {reason}" if source else reason)
+        self.reason, self.source = reason, source
+
+    def __reduce__(self):  # keep both fields across processes (prepare_many)
+        return type(self), (self.reason, self.source)
+
+    def naming(self, source: str | None) -> ImageError:
+        """The same error, naming ``source`` (unless it already names one)."""
+        if self.source is not None or source is None:
+            return self
+        return type(self)(self.reason, source)
 
 
 class EmptyImageError(ImageError):
@@ -74,7 +97,7 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     if image.info.get("exif") or image.format == "TIFF":
         image = ImageOps.exif_transpose(image) or image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float32)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), posinf=0.0, neginf=0.0)
         top = 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
         if image.mode == "F" and values.max(initial=0) <= 1.0:
             top = 1.0
@@ -84,29 +107,66 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
-def decode(data: bytes, name: str = "image") -> np.ndarray:
+def decode(data: bytes) -> np.ndarray:
     """Image file bytes (PNG, JPEG, BMP, GIF, WebP, TIFF, ...) -> (H, W) float32 in [0, 1]."""
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(
-            f"{name}: {len(data) / 2**20:.1f} MiB is too large "
-            f"(at most {MAX_FILE_BYTES // 2**20} MiB)"
+            f"{len(data) / 2**20:.1f} MiB is too large (at most {MAX_FILE_BYTES // 2**20} MiB)"
         )
     if not data:
-        raise ImageError(f"{name}: the file is empty")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # larger raises DecompressionBombError, before decoding
+        raise ImageError("the file is empty")
+    # Pillow warns about odd files (truncated EXIF, a large image); the answer says it all.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=_formats()) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise ImageError(
+                        f"{image.width}x{image.height} is too many pixels (at most {MAX_PIXELS:,})"
+                    )
+                image.seek(0)
+                image.load()
+                return to_grayscale(image)
+        except UnidentifiedImageError:
+            raise ImageError(
+                "not an image file digitlab can read (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM, AVIF)"
+            ) from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"too many pixels (at most {MAX_PIXELS:,})") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise ImageError(f"truncated or corrupt image ({error})") from None
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    """FORMATS that this Pillow build has (AVIF came with Pillow 11.2)."""
+    Image.init()
+    return tuple(name for name in FORMATS if name in Image.ID)
+
+
+def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else ImageError.
+
+    A FIFO, a device (``/dev/zero``) or a socket is refused without being read; the read
+    itself stops at ``limit``, whatever ``stat`` said.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise Image.DecompressionBombError("too many pixels")
-            image.seek(0)
-            image.load()
-            return to_grayscale(image)
-    except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file digitlab can read") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name}: too many pixels (at most {MAX_PIXELS:,})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise ImageError(f"{name}: truncated or corrupt image ({error})") from None
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageError("is a folder, not an image")
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageError("is not a regular file (a pipe, a device or a socket)")
+        if status.st_size > limit:
+            raise ImageError(
+                f"{status.st_size / 2**20:.1f} MiB is too large (at most {limit // 2**20} MiB)"
+            )
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ImageError(error.strerror or str(error)) from None
+    if len(data) > limit:
+        raise ImageError(f"over {limit // 2**20} MiB: too large")
+    return data
 
 
 def load(source: str | Path | bytes | Image.Image | np.ndarray) -> np.ndarray:
@@ -119,25 +179,18 @@ def load(source: str | Path | bytes | Image.Image | np.ndarray) -> np.ndarray:
             return to_grayscale(Image.fromarray(array.astype(np.uint8)))
         if array.ndim != 2 or array.size == 0:
             raise ImageError(f"an image array must be (H, W) or (H, W, 3|4), not {array.shape}")
-        if array.dtype == np.uint8 or array.max(initial=0) > 1.0:
-            return np.clip(array.astype(np.float32) / 255.0, 0.0, 1.0)
-        return np.clip(array.astype(np.float32), 0.0, 1.0)
+        array = np.nan_to_num(array.astype(np.float32), posinf=0.0, neginf=0.0)
+        if source.dtype == np.uint8 or array.max(initial=0) > 1.0:
+            return np.clip(array / 255.0, 0.0, 1.0)
+        return np.clip(array, 0.0, 1.0)
     if isinstance(source, bytes):
         return decode(source)
-    path = Path(source)
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(
-                f"{path}: {size / 2**20:.1f} MiB is too large "
-                f"(at most {MAX_FILE_BYTES // 2**20} MiB)"
-            )
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
-    except OSError as error:
-        raise ImageError(f"{path}: {error.strerror or error}") from None
-    return decode(data, str(path))
+    return decode(read_file(Path(source)))
+
+
+def source_name(source) -> str | None:
+    """How an error names ``source``: its path; None for bytes, images and arrays."""
+    return str(source) if isinstance(source, str | Path) else None
 
 
 # ------------------------------------------------------------------------------- the steps
@@ -338,9 +391,9 @@ def centre_by_mass(digit: np.ndarray) -> np.ndarray:
     total = float(box.sum())
     centre_y = float(box.sum(axis=1) @ np.arange(height)) / total
     centre_x = float(box.sum(axis=0) @ np.arange(width)) / total
-    top = int(np.clip(round(MNIST_SIDE / 2 - centre_y), 0, MNIST_SIDE - height))
-    left = int(np.clip(round(MNIST_SIDE / 2 - centre_x), 0, MNIST_SIDE - width))
-    canvas = np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    top = int(np.clip(round(IMAGE_SIDE / 2 - centre_y), 0, IMAGE_SIDE - height))
+    left = int(np.clip(round(IMAGE_SIDE / 2 - centre_x), 0, IMAGE_SIDE - width))
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
     canvas[top : top + height, left : left + width] = box
     return np.round(canvas * 255).astype(np.uint8)
 
@@ -349,9 +402,14 @@ def centre_by_mass(digit: np.ndarray) -> np.ndarray:
 
 
 def _clean(source) -> tuple[np.ndarray, np.ndarray]:
-    gray = reduce_size(load(source))
+    gray = load(source)
     if min(gray.shape) < 2:
-        raise EmptyImageError("no digit found: the image is smaller than 2x2 pixels")
+        raise EmptyImageError(
+            f"no digit found: the image is {gray.shape[1]}x{gray.shape[0]} pixels"
+        )
+    gray = reduce_size(gray)
+    if min(gray.shape) < 2:
+        raise EmptyImageError("no digit found: the image is too long and narrow to hold a digit")
     return isolate_ink(flatten_background(ink_polarity(gray)))
 
 
@@ -361,11 +419,29 @@ def _finish(soft: np.ndarray, rows: slice, columns: slice, only: np.ndarray | No
     return PreparedDigit(image, (columns.start, rows.start, columns.stop, rows.stop))
 
 
-def prepare_image(source) -> np.ndarray:
-    """One digit: any image -> (28, 28) uint8 like MNIST. Raises ImageError/EmptyImageError."""
+def _guarded(step, source):
+    """Run one image's ``step``: any failure in decoding or preprocessing becomes that image's
+    ImageError naming it, so one bad image never stops the others."""
+    try:
+        with np.errstate(all="ignore"):
+            return step(source)
+    except ImageError as error:
+        raise error.naming(source_name(source)) from None
+    except Exception as error:  # a decoder or NumPy failing on a crafted file
+        raise ImageError(
+            f"cannot be read ({type(error).__name__}: {str(error)[:200]})", source_name(source)
+        ) from None
+
+
+def _one_digit(source) -> np.ndarray:
     soft, blobs = _clean(source)
     rows, columns = ndimage.find_objects((blobs > 0).astype(int))[0]
     return _finish(soft, rows, columns).image
+
+
+def prepare_image(source) -> np.ndarray:
+    """One digit: any image -> (28, 28) uint8 like MNIST. Raises ImageError/EmptyImageError."""
+    return _guarded(_one_digit, source)
 
 
 # Side-by-side blobs closer than TOUCHING_GAP times the tallest blob's height belong to one digit
@@ -408,34 +484,40 @@ def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
     ]
 
 
-def prepare_number(source) -> list[PreparedDigit]:
-    """A written number: each digit, left to right, prepared like ``prepare_image``."""
+def _digits_of_number(source) -> list[PreparedDigit]:
     soft, blobs = _clean(source)
     return [_finish(soft, rows, columns, only) for rows, columns, only in _group_blobs(blobs)]
 
 
-def _prepare_or_error(source) -> np.ndarray | ImageError:
+def prepare_number(source) -> list[PreparedDigit]:
+    """A written number: each digit, left to right, prepared like ``prepare_image``."""
+    return _guarded(_digits_of_number, source)
+
+
+def _prepare_or_error(source, number: bool = False):
     try:
-        return prepare_image(source)
+        return prepare_number(source) if number else prepare_image(source)
     except ImageError as error:
         return error
 
 
-def prepare_many(sources: list, workers: int | None = None) -> list[np.ndarray | ImageError]:
-    """``prepare_image`` for many images, in order; an unreadable one gives its ImageError.
+def prepare_many(sources: list, number: bool = False, workers: int | None = None) -> list:
+    """``prepare_image`` (or ``prepare_number``) for many images, in order; an unreadable one
+    gives its ImageError in its place.
 
     Many images are spread over processes (one per core): preparing one takes ~2 ms of Python
     and NumPy, so two cores nearly double the rate. Few images are done here, without the
     ~0.1 s it takes to start the workers.
     """
+    import functools
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or os.cpu_count() or 1
+    one = functools.partial(_prepare_or_error, number=number)
     if workers < 2 or len(sources) < 200:
-        return [_prepare_or_error(source) for source in sources]
+        return [one(source) for source in sources]
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return list(pool.map(_prepare_or_error, sources, chunksize=64))
+        return list(pool.map(one, sources, chunksize=64))

@@ -10,11 +10,13 @@ import base64
 import html
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from digitlab import evaluation
+from digitlab.config import PREDICTIONS_SHOWN
 from digitlab.fileio import atomic_path, atomic_write_text
 
 MISTAKE_COLOUR = "#c62828"
@@ -152,9 +154,12 @@ def history_figure(
 
 
 def plot_history(
-    history: dict[str, list[float]], path: Path, test_accuracy: float | None = None
+    history: dict[str, list[float]],
+    path: Path,
+    test_accuracy: float | None = None,
+    best: int | None = None,
 ) -> Path:
-    best = evaluation.best_epoch(history)
+    """Loss and accuracy per epoch to a PNG; ``best`` marks the epoch whose weights were kept."""
     return save_figure(history_figure(history, test_accuracy, best), path)
 
 
@@ -282,116 +287,115 @@ def _summary_section(manifest: dict) -> str:
     )
 
 
-def build_report(
-    folder: Path,
-    manifest: dict,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    probabilities: np.ndarray,
-    progress: Callable[[str], None] = lambda step: None,
-) -> Path:
-    """Write ``report.html`` in a run folder: everything about the run, images embedded."""
-    names = manifest["label_names"]
-    predicted = probabilities.argmax(axis=1)
-    confidences = probabilities.max(axis=1)
-    metrics = manifest["metrics"]
-    history = manifest["history"]
-    best = evaluation.best_epoch(history)
+# Each section of the report is one function of a ReportData, in the order the page shows them.
 
-    progress("confusion matrix and per-class scores")
-    matrix = evaluation.confusion_matrix(test_labels, predicted, len(names))
-    scores = evaluation.per_class_scores(matrix)
-    mistakes = evaluation.confident_mistakes(test_labels, probabilities, MISTAKES_SHOWN)
-    calibration = evaluation.calibration(test_labels, probabilities)
 
-    progress("plots")
-    shown = min(20, len(test_images))
-    first = _image_tag(
-        figure_png(
-            digits_figure(
-                test_images[:shown],
-                test_labels[:shown],
-                predicted[:shown],
-                names,
-                range(shown),
-                confidences[:shown],
-                f"the first {shown} test digits",
-            )
-        ),
-        "first test digits",
-    )
-    if mistakes:
-        chosen = [m.index for m in mistakes]
-        wrong = _image_tag(
-            figure_png(
-                digits_figure(
-                    test_images[chosen],
-                    test_labels[chosen],
-                    predicted[chosen],
-                    names,
-                    chosen,
-                    confidences[chosen],
-                    "the most confidently wrong test digits",
-                )
-            ),
-            "confident mistakes",
+@dataclass
+class ReportData:
+    """What the report's sections read: the run's manifest and its test-set predictions."""
+
+    manifest: dict
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    probabilities: np.ndarray
+
+    def __post_init__(self):
+        self.names = self.manifest["label_names"]
+        self.predicted = self.probabilities.argmax(axis=1)
+        self.confidences = self.probabilities.max(axis=1)
+        self.metrics = self.manifest["metrics"]
+        self.history = self.manifest.get("history") or {}
+        self.matrix = evaluation.confusion_matrix(self.test_labels, self.predicted, len(self.names))
+
+    def digits_image(self, chosen: Sequence[int], title: str, alt: str) -> str:
+        chosen = list(chosen)
+        figure = digits_figure(
+            self.test_images[chosen],
+            self.test_labels[chosen],
+            self.predicted[chosen],
+            self.names,
+            chosen,
+            self.confidences[chosen],
+            title,
         )
-    else:
-        wrong = "<p>No test digit is wrong.</p>"
-    curves = _image_tag(
-        figure_png(history_figure(history, metrics["test_accuracy"], best)),
-        "loss and accuracy per epoch",
-    )
-    confusion = _image_tag(figure_png(confusion_figure(matrix, names)), "confusion matrix")
-    reliability = _image_tag(figure_png(reliability_figure(calibration)), "reliability diagram")
+        return _image_tag(figure_png(figure), alt)
 
-    progress("HTML")
-    config = manifest["config"]
-    seconds = manifest.get("epoch_seconds", [])
-    epochs_rows = [
-        (
-            epoch + 1,
-            *(f"{history[key][epoch]:.4f}" for key in sorted(history)),
-            f"{seconds[epoch]:.2f}" if epoch < len(seconds) else "",
+
+def _configuration_section(data: ReportData) -> str:
+    manifest = data.manifest
+    return (
+        "<h2 id='configuration'>Configuration</h2>"
+        + _table(["setting", "value"], sorted(manifest["config"].items()))
+        + _table(["library", "version"], sorted(manifest.get("versions", {}).items()))
+        + f"<p>Training took <b>{manifest.get('train_seconds', 0):.1f} s</b>.</p>"
+    )
+
+
+def _data_section(data: ReportData) -> str:
+    manifest = data.manifest
+    return (
+        "<h2 id='data'>Data</h2>"
+        + f"<p>Source: {html.escape(str(manifest.get('data_source', '')))}</p>"
+        + _table(["file", "sha256"], sorted(manifest.get("data_sha256", {}).items()), 2)
+    )
+
+
+def _model_section(data: ReportData) -> str:
+    return "<h2 id='model'>Model</h2>" + _summary_section(data.manifest)
+
+
+def _overfitting_note(best: int | None, epochs_run: int) -> str:
+    """What the validation curve says about overfitting, from the epoch that was kept."""
+    if best is None:
+        return (
+            "<p class='note'>No validation split in this run (train with a validation split, "
+            "e.g. 0.1, to see where validation stops improving).</p>"
         )
-        for epoch in range(len(history["loss"]))
-    ]
-    epochs_run = len(history["loss"])
-    if best is not None and best < epochs_run:
-        overfit = (
+    if best < epochs_run:
+        return (
             f"<p>Validation loss is lowest at epoch <b>{best}</b> of {epochs_run}; later epochs "
             "fit the training digits better without doing better on held-out ones: that is "
             "overfitting.</p>"
         )
-    elif best is not None:
-        overfit = (
-            f"<p>Validation loss is still falling at the last epoch ({epochs_run}): no sign of "
-            "overfitting on held-out digits yet; the train/test gap below still shows some.</p>"
+    return (
+        f"<p>Validation loss is still falling at the last epoch ({epochs_run}): no sign of "
+        "overfitting on held-out digits yet; the train/test gap below still shows some.</p>"
+    )
+
+
+def _training_section(data: ReportData) -> str:
+    history, seconds = data.history, data.manifest.get("epoch_seconds", [])
+    best = data.manifest.get("best_epoch")
+    epochs_run = len(history.get("loss", []))
+    rows = [
+        (
+            epoch + 1,
+            *(
+                f"{history[key][epoch]:.4f}" if epoch < len(history[key]) else ""
+                for key in sorted(history)
+            ),
+            f"{seconds[epoch]:.2f}" if epoch < len(seconds) else "",
         )
-    else:
-        overfit = (
-            "<p class='note'>No validation split in this run (train with "
-            "<code>--validation-split 0.1</code> to see where validation stops "
-            "improving).</p>"
-        )
-    gap = metrics["train_accuracy"] - metrics["test_accuracy"]
-    sections = [
-        f"<h1>digitlab run: {html.escape(manifest['model'])} on "
-        f"{html.escape(manifest['dataset'])}</h1>"
-        f"<p class='note'>{html.escape(str(folder))} &middot; created "
-        f"{html.escape(manifest.get('created', ''))}</p>",
-        "<h2 id='configuration'>Configuration</h2>"
-        + _table(["setting", "value"], sorted(config.items()))
-        + _table(["library", "version"], sorted(manifest.get("versions", {}).items()))
-        + f"<p>Training took <b>{manifest.get('train_seconds', 0):.1f} s</b>.</p>",
-        "<h2 id='data'>Data</h2>"
-        + f"<p>Source: {html.escape(str(manifest.get('data_source', '')))}</p>"
-        + _table(["file", "sha256"], sorted(manifest.get("data_sha256", {}).items()), 2),
-        "<h2 id='model'>Model</h2>" + _summary_section(manifest),
+        for epoch in range(epochs_run)
+    ]
+    curves = ""
+    if epochs_run:
+        figure = history_figure(history, data.metrics["test_accuracy"], best)
+        curves = _image_tag(figure_png(figure), "loss and accuracy per epoch")
+    return (
         "<h2 id='training'>Training curves</h2>"
         + curves
-        + overfit
-        + _table(["epoch", *sorted(history), "seconds"], epochs_rows, 0),
+        + _overfitting_note(best, epochs_run)
+        + _table(["epoch", *sorted(history), "seconds"], rows, 0)
+    )
+
+
+def _test_section(data: ReportData) -> str:
+    metrics = data.metrics
+    gap = metrics.get("overfitting_gap")
+    if gap is None:  # manifests written before the gap was recorded
+        gap = metrics["train_accuracy"] - metrics["test_accuracy"]
+    return (
         "<h2 id='test'>Test results</h2>"
         + _table(
             ["", "accuracy", "loss"],
@@ -400,52 +404,124 @@ def build_report(
                 ("train", f"{metrics['train_accuracy']:.4f}", f"{metrics['train_loss']:.4f}"),
             ],
         )
-        + f"<p>Gap (train - test accuracy): <b>{gap:+.4f}</b>"
-        + (
-            " &mdash; the model knows its training digits better than new ones: overfitting."
-            if gap > 0
-            else "."
-        )
-        + "</p>",
+        + f"<p>Gap (train - test accuracy): <b>{gap:+.4f}</b> &mdash; "
+        + html.escape(evaluation.overfitting_verdict(gap))
+        + ".</p>"
+    )
+
+
+def _confusion_section(data: ReportData) -> str:
+    names, matrix = data.names, data.matrix
+    image = _image_tag(figure_png(confusion_figure(matrix, names)), "confusion matrix")
+    return (
         "<h2 id='confusion'>Confusion matrix</h2>"
-        + confusion
+        + image
         + _table(
             ["true \\ predicted", *names],
             [(names[k], *matrix[k].tolist()) for k in range(len(names))],
-        ),
-        "<h2 id='per-class'>Precision, recall and F1 per class</h2>"
-        + _table(
-            ["class", "precision", "recall", "F1", "support"],
-            [
-                (
-                    names[k],
-                    f"{s['precision']:.4f}",
-                    f"{s['recall']:.4f}",
-                    f"{s['f1']:.4f}",
-                    s["support"],
-                )
-                for k, s in enumerate(scores)
-            ],
-        ),
-        "<h2 id='predictions'>The first test digits</h2>" + first,
+        )
+    )
+
+
+def _per_class_section(data: ReportData) -> str:
+    rows = [
+        (
+            data.names[k],
+            f"{s['precision']:.4f}",
+            f"{s['recall']:.4f}",
+            f"{s['f1']:.4f}",
+            s["support"],
+        )
+        for k, s in enumerate(evaluation.per_class_scores(data.matrix))
+    ]
+    return "<h2 id='per-class'>Precision, recall and F1 per class</h2>" + _table(
+        ["class", "precision", "recall", "F1", "support"], rows
+    )
+
+
+def _predictions_section(data: ReportData) -> str:
+    shown = min(PREDICTIONS_SHOWN, len(data.test_images))
+    return "<h2 id='predictions'>The first test digits</h2>" + data.digits_image(
+        range(shown), f"the first {shown} test digits", "first test digits"
+    )
+
+
+def _mistakes_section(data: ReportData) -> str:
+    mistakes = evaluation.confident_mistakes(data.test_labels, data.probabilities, MISTAKES_SHOWN)
+    if not mistakes:
+        return "<h2 id='mistakes'>Most confidently wrong</h2><p>No test digit is wrong.</p>"
+    names = data.names
+    return (
         "<h2 id='mistakes'>Most confidently wrong</h2>"
-        + wrong
+        + data.digits_image(
+            [m.index for m in mistakes],
+            "the most confidently wrong test digits",
+            "confident mistakes",
+        )
         + _table(
             ["test index", "true", "predicted", "confidence"],
             [
                 (m.index, names[m.true_label], names[m.predicted], f"{m.confidence:.4f}")
                 for m in mistakes
             ],
-        ),
+        )
+    )
+
+
+def _calibration_section(data: ReportData) -> str:
+    calibration = evaluation.calibration(data.test_labels, data.probabilities)
+    image = _image_tag(figure_png(reliability_figure(calibration)), "reliability diagram")
+    return (
         "<h2 id='calibration'>Calibration</h2>"
-        + reliability
+        + image
         + f"<p>Expected calibration error: <b>{calibration['ece']:.4f}</b> (10 bins; 0 is "
-        "perfect: when the model says 90%, it is right 90% of the time).</p>",
-    ]
+        "perfect: when the model says 90%, it is right 90% of the time).</p>"
+    )
+
+
+SECTIONS: list[tuple[str, Callable[[ReportData], str]]] = [
+    ("configuration", _configuration_section),
+    ("data", _data_section),
+    ("model", _model_section),
+    ("training curves", _training_section),
+    ("test results", _test_section),
+    ("confusion matrix", _confusion_section),
+    ("per-class scores", _per_class_section),
+    ("first predictions", _predictions_section),
+    ("mistakes", _mistakes_section),
+    ("calibration", _calibration_section),
+]
+
+
+def build_report(
+    folder: Path,
+    manifest: dict,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    probabilities: np.ndarray,
+    progress: Callable[[str], None] = lambda step: None,
+    run_name: str | None = None,
+) -> Path:
+    """Write ``report.html`` in a run folder: everything about the run, images embedded.
+
+    ``run_name`` is the run's final name when ``folder`` is still a temporary one.
+    """
+    data = ReportData(manifest, test_images, test_labels, probabilities)
+    run_name = run_name or folder.name
+    title = (
+        f"<h1>digitlab run: {html.escape(manifest['model'])} on "
+        f"{html.escape(manifest['dataset'])}</h1>"
+        f"<p class='note'>{html.escape(str(folder.parent / run_name))} &middot; created "
+        f"{html.escape(manifest.get('created', ''))}</p>"
+    )
+    sections = [title]
+    for name, section in SECTIONS:
+        progress(name)
+        sections.append(section(data))
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>digitlab report: {html.escape(folder.name)}</title>"
+        f"<title>digitlab report: {html.escape(run_name)}</title>"
         f"<style>{STYLE}</style></head><body>"
         + "\n".join(f"<section>{s}</section>" for s in sections)
         + "</body></html>\n"

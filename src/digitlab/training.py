@@ -1,4 +1,8 @@
-"""Compile, fit and measure a model: the tutorial's steps 2 to 6, each announced to the user."""
+"""Build, compile, fit and measure a model: the tutorial's six steps, each announced to the user.
+
+``train`` tells the whole ``[1/6]`` ... ``[6/6]`` story through its ``report`` callback; the CLI
+passes ``click.echo``, tests pass a list's ``append``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from digitlab import DigitlabError, models
+from digitlab import DigitlabError, evaluation, models
 from digitlab.augment import augment
 from digitlab.config import PREDICTIONS_SHOWN, TrainConfig
 from digitlab.datasets import Arrays, Report
@@ -44,6 +48,10 @@ class TrainResult:
     @property
     def overfitting_gap(self) -> float:
         return self.metrics["train_accuracy"] - self.metrics["test_accuracy"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return models.get(self.config.model).input_shape
 
 
 def _epoch_timer() -> tuple[keras.callbacks.Callback, list[float]]:
@@ -92,13 +100,13 @@ def _keep_best(patience: int) -> keras.callbacks.Callback:
 
 def _check(config: TrainConfig, train_count: int) -> None:
     if not 0.0 <= config.validation_split < 1.0:
-        raise DigitlabError(f"--validation-split must be in [0, 1), not {config.validation_split}")
+        raise DigitlabError(f"validation split must be in [0, 1), not {config.validation_split}")
     if config.epochs < 1 or config.batch_size < 1:
-        raise DigitlabError("--epochs and --batch-size must be at least 1")
+        raise DigitlabError("epochs and batch size must be at least 1")
     if config.early_stopping < 0:
-        raise DigitlabError("--early-stopping must be 0 (off) or a number of epochs")
+        raise DigitlabError("early stopping must be 0 (off) or a number of epochs")
     if config.early_stopping and not config.validation_split:
-        raise DigitlabError("--early-stopping needs a validation split (--validation-split)")
+        raise DigitlabError("early stopping needs a validation split")
     if config.plain_final_epochs < 0:
         raise DigitlabError("plain_final_epochs must be 0 or more")
     if config.schedule not in SCHEDULES:
@@ -172,15 +180,22 @@ def train(
     report: Report = print,
     verbose: int = 2,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    data_origin: str = "",
 ) -> TrainResult:
     """Build, compile, fit and evaluate ``config.model`` on ``data``, reporting each step.
 
+    ``data_origin`` says where the data came from in step 1 (``DataFiles.origin``).
     ``callbacks`` run after digitlab's own (the epoch timer, keeping the best epoch).
     """
     import keras
 
     (x_train, y_train), (x_test, y_test) = data
     _check(config, len(x_train))
+    report(
+        f"[1/6] loaded {data_origin or config.dataset}: "
+        f"train {x_train.shape} {x_train.dtype}, labels {y_train.shape} "
+        f"{y_train.min()}-{y_train.max()}; test {x_test.shape}, labels {y_test.shape}"
+    )
     keras.utils.set_random_seed(config.seed)
     held_out = _validation_count(config, len(x_train))
     fit_count = len(x_train) - held_out
@@ -197,7 +212,7 @@ def train(
         f"{_describe_rate(config)}, sparse categorical cross-entropy, accuracy"
     )
 
-    input_shape = models.INPUT_SHAPES[config.model]
+    input_shape = models.get(config.model).input_shape
     train_inputs = models.prepare(x_train, input_shape)  # (N, 28, 28) uint8 -> float32 in [0, 1]
     test_inputs = models.prepare(x_test, input_shape)
     report(
@@ -247,7 +262,7 @@ def train(
     train_loss, train_accuracy = model.evaluate(
         train_inputs, y_train, verbose=0, batch_size=EVALUATE_BATCH_SIZE
     )
-    return TrainResult(
+    result = TrainResult(
         model=model,
         config=config,
         history={key: [float(v) for v in values] for key, values in history.history.items()},
@@ -265,6 +280,26 @@ def train(
         best_epoch=keep_best.best_epoch or None,
         stopped_after=keep_best.stopped_after or None,
     )
+    _report_results(result, y_test, len(x_train), report)
+    return result
+
+
+def _report_results(result: TrainResult, y_test: np.ndarray, train_count: int, report) -> None:
+    """Steps 5 and 6: the first predictions against the truth, then test against train."""
+    shown = len(result.first_labels)
+    report(f"[5/6] predicted the first {shown} test digits:")
+    for line in evaluation.prediction_lines(y_test[:shown], result.first_labels):
+        report(f"      {line}")
+    metrics, gap = result.metrics, result.overfitting_gap
+    report(
+        f"[6/6] evaluated on all {len(y_test):,} test images:\n"
+        f"      test accuracy  {metrics['test_accuracy']:.4f}  (loss {metrics['test_loss']:.4f})\n"
+        f"      train accuracy {metrics['train_accuracy']:.4f}  "
+        f"(loss {metrics['train_loss']:.4f}, all {train_count:,} training images)\n"
+        f"      gap            {gap:+.4f} -> {evaluation.overfitting_verdict(gap)}"
+    )
+    epochs = ", ".join(f"{seconds:.2f}" for seconds in result.epoch_seconds)
+    report(f"trained in {result.train_seconds:.1f} s (epochs: {epochs} s)")
 
 
 def plain_epochs(config: TrainConfig) -> int:

@@ -8,8 +8,6 @@ at once than ``max_concurrent`` a fast 503 with ``Retry-After``. One log line pe
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import logging
 import time
@@ -20,18 +18,14 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 
 from digitlab import DigitlabError, __version__
-from digitlab.predict import NumberPrediction, Prediction, Predictor
+from digitlab.config import IMAGE_SIDE, ServeConfig
+from digitlab.predict import Predictor
 from digitlab.preprocess import ImageError
 
 STATIC = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 2 * 1024 * 1024  # a phone photo fits; anything larger is refused unread
-# Predictions in flight at once; beyond it a request gets 503 at once rather than queueing:
-# one core prepares ~300 images/s, so 16 in flight already means ~50 ms of waiting.
-MAX_CONCURRENT = 16
-MAX_BATCH = 64  # images in one /api/predict/batch request
+LIMITS = ServeConfig()
 IMAGE_TYPES = ("image/",)
 log = logging.getLogger("digitlab.web")
 
@@ -124,41 +118,13 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
 
-def _png_base64(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    # compress_level 1: a 28x28 PNG is tiny either way, and level 6 takes twice as long
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _digit_json(result: Prediction, label_names: list[str]) -> dict:
-    return {
-        "label": result.label,
-        "label_name": label_names[result.label],
-        "confidence": result.confidence,
-        "probabilities": result.probabilities,
-        "input_png": _png_base64(result.input),
-    }
-
-
-def _number_json(result: NumberPrediction, label_names: list[str]) -> dict:
-    digits = [_digit_json(digit, label_names) for digit in result.digits]
-    strip = np.hstack([digit.input for digit in result.digits])
-    return {
-        "text": result.text,
-        "confidence": result.confidence,
-        "digits": digits,
-        "input_png": _png_base64(strip),
-    }
-
-
 def _pixels(value) -> np.ndarray:
     """JSON ``pixels``: 28 rows of 28 numbers 0-255 -> (28, 28) uint8 (light ink on dark)."""
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ApiError(422, "pixels must be 28 rows of 28 numbers from 0 to 255") from None
-    if array.shape != (28, 28) or not np.isfinite(array).all():
+    if array.shape != (IMAGE_SIDE, IMAGE_SIDE) or not np.isfinite(array).all():
         raise ApiError(422, f"pixels must be 28x28 numbers, got shape {array.shape}")
     if array.min() < 0 or array.max() > 255:
         raise ApiError(422, "pixels must be numbers from 0 to 255")
@@ -202,9 +168,7 @@ async def _images_from(request: Request, many: bool) -> list[tuple[str, object]]
     )
 
 
-def create_app(
-    predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES, max_concurrent: int = MAX_CONCURRENT
-):
+def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
     """The ASGI application: FastAPI routes wrapped in the Guard middleware."""
     app = FastAPI(
         title="digitlab",
@@ -222,21 +186,19 @@ def create_app(
     async def in_worker(function, *arguments):
         return await asyncio.get_running_loop().run_in_executor(worker, function, *arguments)
 
-    def read_digit(image) -> dict:
-        [result] = predictor.predict([image])
-        return _digit_json(result, names)
-
-    def read_number(image) -> dict:
-        return _number_json(predictor.predict_number(image), names)
+    def read_one(image, number: bool) -> dict:
+        [(_, answer)] = predictor.predict_many([("image", image)], number=number)
+        if isinstance(answer, ImageError):
+            raise ApiError(422, answer.reason)
+        return answer.to_dict(with_input=True)
 
     def read_batch(images: list) -> list[dict]:
-        results = []
-        for name, image in images:
-            try:
-                results.append({"name": name, **read_digit(image)})
-            except ImageError as error:
-                results.append({"name": name, "error": str(error).removeprefix("image: ")})
-        return results
+        return [
+            {"name": name, "error": answer.reason}
+            if isinstance(answer, ImageError)
+            else {"name": name, **answer.to_dict(with_input=True)}
+            for name, answer in predictor.predict_many(images)
+        ]
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
@@ -244,10 +206,10 @@ def create_app(
 
     @app.exception_handler(DigitlabError)
     async def digitlab_error(request: Request, error: DigitlabError):
-        return _json_error(422, str(error).removeprefix("image: "))
+        return _json_error(422, error.reason if isinstance(error, ImageError) else str(error))
 
     @app.get("/", include_in_schema=False)
-    async def page():
+    async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     @app.get("/api/health")
@@ -268,7 +230,7 @@ def create_app(
         }
 
     @app.post("/api/predict")
-    async def predict(request: Request, number: bool = False) -> dict:
+    async def predict(request: Request, number: bool = False) -> JSONResponse:
         """One image: multipart ``file``, a raw image body, or JSON ``{"pixels": 28x28}``.
 
         With ``?number=true`` the image holds a written number: answers its ``text`` and each
@@ -277,18 +239,18 @@ def create_app(
         """
         [(_, image)] = await _images_from(request, many=False)
         # A JSONResponse straight away: FastAPI's encoder would walk the answer again.
-        return JSONResponse(await in_worker(read_number if number else read_digit, image))
+        return JSONResponse(await in_worker(read_one, image, number))
 
     @app.post("/api/predict/batch")
-    async def predict_batch(request: Request) -> dict:
+    async def predict_batch(request: Request) -> JSONResponse:
         """Many images: a multipart form with several files, or JSON ``{"images": [...]}``.
 
         Each result is a prediction or ``{"name", "error"}``; one bad image fails only itself.
         """
         images = await _images_from(request, many=True)
-        if len(images) > MAX_BATCH:
-            raise ApiError(413, f"{len(images)} images in one batch; at most {MAX_BATCH}")
+        if len(images) > limits.max_batch:
+            raise ApiError(413, f"{len(images)} images in one batch; at most {limits.max_batch}")
         return JSONResponse({"results": await in_worker(read_batch, images)})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return Guard(app, max_body_bytes, max_concurrent)
+    return Guard(app, limits.max_body_bytes, limits.max_concurrent)

@@ -1,0 +1,83 @@
+"""Every registered model kind: builds, trains a step, is saved as a run, reloads, and runs in
+the NumPy runtime exactly as in Keras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digitlab import artifacts, datasets, models, training
+from digitlab.config import TrainConfig
+from digitlab.predict import Predictor
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_a_registered_model_trains_saves_reloads_and_runs_in_numpy(name, tiny_data, tmp_path):
+    kind = models.get(name)
+    assert kind.name == name and kind.description and len(kind.input_shape) in (1, 3)
+    config = kind.config(epochs=1, batch_size=64, validation_split=0.0, augment=False)
+    result = training.train(config, tiny_data, report=lambda line: None, verbose=0)
+    assert result.input_shape == kind.input_shape
+    files = datasets.DataFiles(
+        datasets.get_spec("mnist"),
+        {role: datasets.encode_idx(array) for role, array in _roles(tiny_data).items()},
+        "made by the test",
+    )
+    _, (x_test, y_test) = tiny_data
+    folder = artifacts.save_run(result, files, x_test, y_test, root=tmp_path)
+    assert (folder / "inference.npz").is_file(), f"{name} has layers the NumPy runtime lacks"
+    fast, keras_model = Predictor.from_run(folder), Predictor.from_run(folder, use_keras=True)
+    np.testing.assert_allclose(
+        fast.predict_digits(x_test), keras_model.predict_digits(x_test), atol=1e-5
+    )
+    np.testing.assert_allclose(fast.predict_digits(x_test), result.test_probabilities, atol=1e-5)
+
+
+def _roles(data: datasets.Arrays) -> dict[str, np.ndarray]:
+    (x_train, y_train), (x_test, y_test) = data
+    return {
+        "train_images": x_train,
+        "train_labels": y_train,
+        "test_images": x_test,
+        "test_labels": y_test,
+    }
+
+
+def test_a_kind_fills_only_what_the_caller_left_out():
+    cnn = models.get("cnn")
+    assert cnn.config().epochs == 12 and cnn.config(epochs=3).epochs == 3
+    assert cnn.config(seed=None).seed == 0 and cnn.config(seed=7).seed == 7
+    # an explicit 0 is a choice, not "unset": it overrides the kind's default
+    assert cnn.config(validation_split=0.0).validation_split == 0.0
+    assert models.get("mlp").config() == TrainConfig()
+
+
+def test_an_unknown_model_is_a_clear_error():
+    with pytest.raises(models.DigitlabError, match="unknown model 'rnn': choose one of mlp, cnn"):
+        models.get("rnn")
+
+
+def test_adding_a_kind_is_one_entry_and_the_cli_lists_it(monkeypatch):
+    """A new kind registered in one place shows up in `digitlab train --help` and trains."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    extra = models.ModelKind(
+        name="tiny",
+        description="a test's one-layer model",
+        build=lambda: models.build_mlp(),
+        input_shape=(784,),
+        defaults={"epochs": 2},
+    )
+    monkeypatch.setitem(models.MODELS, "tiny", extra)
+    from digitlab import cli as cli_module
+
+    reloaded = importlib.reload(cli_module)  # options are built from the registry at import
+    try:
+        help_text = CliRunner().invoke(reloaded.cli, ["train", "--help"]).output
+        assert "tiny: a test's one-layer model" in help_text
+        assert "tiny 2" in help_text  # its epochs default, listed beside the others'
+    finally:
+        monkeypatch.delitem(models.MODELS, "tiny")
+        importlib.reload(cli_module)
