@@ -184,7 +184,7 @@ def test_too_many_at_once_get_a_fast_503_and_health_still_answers():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"done"})
 
-    guard = Guard(slow_app, max_body_bytes=1000, max_concurrent=2)
+    guard = Guard(slow_app, ServeConfig(max_body_bytes=1000, max_concurrent=2))
 
     async def scenario():
         transport = httpx.ASGITransport(app=guard)

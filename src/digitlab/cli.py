@@ -600,8 +600,21 @@ SERVE_DEFAULTS = ServeConfig()
     type=click.IntRange(1, 1024),
     help="Predictions in flight at once; beyond it a fast 503 with Retry-After.",
 )
+@click.option(
+    "--body-timeout",
+    default=SERVE_DEFAULTS.body_timeout_seconds,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    metavar="SECONDS",
+    help="A request body must arrive within this time, else 408.",
+)
 def serve(
-    run_dir: Path | None, host: str, port: int, max_body_mb: float, max_concurrent: int
+    run_dir: Path | None,
+    host: str,
+    port: int,
+    max_body_mb: float,
+    max_concurrent: int,
+    body_timeout: float,
 ) -> None:
     """Serve the draw-a-digit page and the JSON API (docs at /docs).
 
@@ -620,7 +633,10 @@ def serve(
     _check_can_listen(host, port)
     predictor = Predictor.from_run(run_dir)
     limits = dataclasses.replace(
-        SERVE_DEFAULTS, max_body_bytes=int(max_body_mb * 2**20), max_concurrent=max_concurrent
+        SERVE_DEFAULTS,
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_concurrent=max_concurrent,
+        body_timeout_seconds=body_timeout,
     )
     app = create_app(predictor, limits)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)

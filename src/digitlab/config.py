@@ -57,6 +57,17 @@ class ServeConfig:
     # one core prepares ~300 images/s, so 16 in flight already means ~50 ms of waiting.
     max_concurrent: int = 16
     max_batch: int = 64  # images in one /api/predict/batch request
+    # A body must arrive within this many seconds (else 408): 2 MiB at 2 Mbit/s takes 8 s.
+    body_timeout_seconds: float = 20.0
+    # Requests still sending their bodies, at most; beyond it a fast 503. Slow senders hold no
+    # prediction slot (a request counts against max_concurrent once its body is in).
+    max_receiving: int = 64
+    # A body over the limit is read and thrown away up to this many bytes before the 413, so
+    # that clients which send their whole body before reading (Python's urllib) see the answer
+    # rather than a reset connection; a larger one is answered at once and the connection closed.
+    max_drain_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024  # all request headers together (else 431)
+    max_headers: int = 100
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """``create_app(predictor)``: the draw-a-digit page, the JSON API and a health check.
 
-Bad input never gets a 500: a body over the limit is refused with 413 before it is read, a wrong
-content type gets 415, an image that cannot be read or holds no digit 422, and more predictions
-at once than ``max_concurrent`` a fast 503 with ``Retry-After``. One log line per request.
+Bad input never gets a 500, and every error body is ``{"error": "..."}``: a body over the limit
+gets 413 (after a bounded drain, so that every client reads it), a body too slow to arrive 408,
+a wrong content type 415, an image that cannot be read, holds no digit, or malformed JSON 422,
+oversized headers 431, and more predictions at once than ``max_concurrent`` a fast 503 with
+``Retry-After``. One log line per request. The limits are ``config.ServeConfig``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitlab import DigitlabError, __version__
 from digitlab.config import IMAGE_SIDE, ServeConfig
-from digitlab.predict import Predictor
+from digitlab.predict import DigitAnswer, NumberAnswer, Predictor
 from digitlab.preprocess import ImageError
 
 STATIC = Path(__file__).parent / "static"
@@ -41,15 +45,20 @@ def _json_error(status: int, message: str, headers: dict | None = None) -> JSONR
 
 
 class Guard:
-    """Pure ASGI middleware: body limit (413), concurrency limit (503) and the request log line.
+    """Pure ASGI middleware in front of the routes: limits, and the request log line.
 
-    Written against ASGI rather than as a Starlette "BaseHTTPMiddleware" so that it can refuse
-    a body before it is read and count bytes as they arrive (a chunked upload has no length).
+    For the prediction routes it reads the whole body itself, within ``body_timeout_seconds``
+    (else 408) and ``max_body_bytes`` (else 413), while at most ``max_receiving`` requests may
+    be sending; only then does the request take one of the ``max_concurrent`` prediction slots
+    (else a fast 503). A slow sender therefore holds no slot. Written against ASGI rather than
+    as a Starlette "BaseHTTPMiddleware" to count bytes as they arrive (a chunked upload has no
+    length) and to refuse before the routes run.
     """
 
-    def __init__(self, app, max_body_bytes: int, max_concurrent: int):
-        self.app, self.max_body_bytes, self.max_concurrent = app, max_body_bytes, max_concurrent
-        self.in_flight = 0
+    def __init__(self, app, limits: ServeConfig = LIMITS):
+        self.app, self.limits = app, limits
+        self.in_flight = 0  # requests holding a prediction slot
+        self.receiving = 0  # requests still sending their bodies
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -64,6 +73,8 @@ class Guard:
 
         try:
             await self._guarded(scope, receive, logged_send)
+        except ClientGone:
+            status["code"] = 499  # nginx's code for "client closed the request": not an error
         finally:
             log.info(
                 "%s %s %d %.1fms",
@@ -74,55 +85,139 @@ class Guard:
             )
 
     async def _guarded(self, scope, receive, send):
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._refuse(scope, send, 413, self._too_large())
-        limited = scope["path"].startswith("/api/predict")
-        if limited and self.in_flight >= self.max_concurrent:
-            return await self._refuse(
-                scope, send, 503, "too many requests at once: retry shortly", {"Retry-After": "1"}
-            )
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise ApiError(413, self._too_large())
-            return message
-
-        self.in_flight += limited
+        headers = scope.get("headers") or []
+        if len(headers) > self.limits.max_headers or (
+            sum(len(k) + len(v) for k, v in headers) > self.limits.max_header_bytes
+        ):
+            return await _refuse(send, 431, "request headers too large or too many")
+        if scope["method"] == "OPTIONS":
+            return await _options(scope, send)
+        if not scope["path"].startswith("/api/predict") or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        if self.receiving >= self.limits.max_receiving:
+            return await _refuse(send, 503, "too many uploads at once: retry shortly", RETRY)
+        self.receiving += 1
         try:
-            await self.app(scope, counted_receive, send)
-        except ApiError as error:  # raised while reading the body: nothing was sent yet
-            await self._refuse(scope, send, error.status, error.message)
+            body = await self._read_body(scope, receive)
+        except ApiError as error:
+            return await _refuse(send, error.status, error.message, error.headers)
         finally:
-            self.in_flight -= limited
+            self.receiving -= 1
+        if self.in_flight >= self.limits.max_concurrent:
+            return await _refuse(send, 503, "too many requests at once: retry shortly", RETRY)
+        self.in_flight += 1
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.in_flight -= 1
+
+    async def _read_body(self, scope, receive) -> bytes:
+        """The whole body within the time and size limits, else ApiError (408 or 413)."""
+        limit = self.limits.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._drain(receive, int(declared))
+            raise ApiError(413, self._too_large(), {"Connection": "close"})
+        chunks, received = [], 0
+        deadline = time.monotonic() + self.limits.body_timeout_seconds
+        while True:
+            message = await _receive_by(receive, deadline)
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                await self._drain(receive, None)
+                raise ApiError(413, self._too_large(), {"Connection": "close"})
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _drain(self, receive, declared: int | None) -> None:
+        """Read and discard the rest of a refused body, within bounds (see max_drain_bytes)."""
+        if declared is not None and declared > self.limits.max_drain_bytes:
+            return
+        drained, deadline = 0, time.monotonic() + self.limits.body_timeout_seconds
+        try:
+            while drained <= self.limits.max_drain_bytes:
+                message = await _receive_by(receive, deadline)
+                drained += len(message.get("body", b""))
+                if message["type"] == "http.disconnect" or not message.get("more_body"):
+                    return
+        except ApiError:
+            return  # too slow to drain: answer anyway
 
     def _too_large(self) -> str:
-        return f"request body over the limit of {self.max_body_bytes / 2**20:.1f} MiB"
+        return f"request body over the limit of {self.limits.max_body_bytes / 2**20:.1f} MiB"
 
-    @staticmethod
-    async def _refuse(scope, send, status: int, message: str, headers: dict | None = None):
-        """Answer at once with a JSON error, straight through ASGI: a refusal must be cheap."""
-        body = json.dumps({"error": message}).encode()
-        raw_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": body})
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete."""
+
+
+RETRY = {"Retry-After": "1"}
+
+
+async def _receive_by(receive, deadline: float) -> dict:
+    try:
+        return await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408, "the request body took too long to arrive", {"Connection": "close"}
+        ) from None
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives the routes the body already read, then waits as usual."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+ALLOWED = {"/": "GET, HEAD, OPTIONS", "/api/health": "GET, HEAD, OPTIONS"}
+
+
+async def _options(scope, send) -> None:
+    """OPTIONS on any path: which methods it takes (no CORS: the page is same-origin)."""
+    path = scope["path"]
+    if path.startswith("/api/predict"):
+        allowed = "POST, OPTIONS"
+    else:
+        allowed = ALLOWED.get(path, "GET, HEAD, OPTIONS")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [(b"allow", allowed.encode()), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _refuse(send, status: int, message: str, headers: dict | None = None) -> None:
+    """Answer at once with a JSON error, straight through ASGI: a refusal must be cheap."""
+    body = json.dumps({"error": message}).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _pixels(value) -> np.ndarray:
     """JSON ``pixels``: 28 rows of 28 numbers 0-255 -> (28, 28) uint8 (light ink on dark)."""
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise ApiError(422, "pixels must be 28 rows of 28 numbers from 0 to 255") from None
     if array.shape != (IMAGE_SIDE, IMAGE_SIDE) or not np.isfinite(array).all():
         raise ApiError(422, f"pixels must be 28x28 numbers, got shape {array.shape}")
@@ -131,11 +226,15 @@ def _pixels(value) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-async def _images_from(request: Request, many: bool) -> list[tuple[str, object]]:
+async def _images_from(
+    request: Request, many: bool, limits: ServeConfig
+) -> list[tuple[str, object]]:
     """The (name, image) pairs of a request: multipart files, a raw image body, or JSON."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form()
+        form = await request.form(
+            max_files=limits.max_batch + 1, max_part_size=limits.max_body_bytes
+        )
         files = [
             (item.filename or key, await item.read())
             for key, item in form.multi_items()
@@ -148,12 +247,14 @@ async def _images_from(request: Request, many: bool) -> list[tuple[str, object]]
         return [("body", await request.body())]
     if content_type == "application/json":
         try:
-            payload = await request.json()
-        except ValueError:
+            payload = json.loads(await request.body())
+        except (ValueError, RecursionError):  # RecursionError: nested ~1,000 deep
             raise ApiError(422, "the body is not valid JSON") from None
         if not isinstance(payload, dict):
             raise ApiError(422, 'expected a JSON object: {"pixels": [[...28 numbers], ...]}')
         if many and isinstance(payload.get("images"), list):
+            if len(payload["images"]) > limits.max_batch:
+                raise _too_many(len(payload["images"]), limits)
             return [
                 (f"images[{i}]", _pixels(item.get("pixels") if isinstance(item, dict) else item))
                 for i, item in enumerate(payload["images"])
@@ -166,6 +267,54 @@ async def _images_from(request: Request, many: bool) -> list[tuple[str, object]]
         f"unsupported content type {content_type or '(none)'}: send an image "
         "(image/png, image/jpeg, ...), a multipart form, or JSON pixels",
     )
+
+
+def _too_many(count: int, limits: ServeConfig) -> ApiError:
+    return ApiError(413, f"{count} images in one batch; at most {limits.max_batch}")
+
+
+IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+PIXELS_BODY = {
+    "schema": {
+        "type": "object",
+        "required": ["pixels"],
+        "properties": {
+            "pixels": {
+                "description": "28 rows of 28 numbers 0-255, light ink on dark (like MNIST)",
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number"}},
+            }
+        },
+    }
+}
+FORM_BODY = {
+    "schema": {
+        "type": "object",
+        "properties": {"file": {"type": "string", "format": "binary"}},
+    }
+}
+ERRORS = {
+    status: {
+        "description": meaning,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"error": {"type": "string"}}}
+            }
+        },
+    }
+    for status, meaning in {
+        408: "the body took too long to arrive",
+        413: "the body (or the batch) is over the limit",
+        415: "a content type other than an image, a multipart form or JSON",
+        422: "an image that cannot be read or holds no digit; malformed JSON",
+        431: "request headers too large",
+        503: "too many requests at once (see Retry-After)",
+    }.items()
+}
+
+
+def _request_body(*kinds: tuple[str, dict]) -> dict:
+    return {"requestBody": {"required": True, "content": dict(kinds)}}
 
 
 def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
@@ -204,15 +353,27 @@ def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
     async def api_error(request: Request, error: ApiError):
         return _json_error(error.status, error.message, error.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        """404, 405, a malformed multipart form: the same {"error": ...} body as the rest."""
+        return _json_error(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, error: RequestValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _json_error(422, f"{where}: {first.get('msg', 'invalid')}")
+
     @app.exception_handler(DigitlabError)
     async def digitlab_error(request: Request, error: DigitlabError):
         return _json_error(422, error.reason if isinstance(error, ImageError) else str(error))
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     @app.get("/api/health")
+    @app.head("/api/health", include_in_schema=False)
     async def health() -> dict:
         return {"status": "ok", "model": manifest.get("model", "unknown")}
 
@@ -229,7 +390,19 @@ def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
             "versions": manifest.get("versions", {}),
         }
 
-    @app.post("/api/predict")
+    @app.post(
+        "/api/predict",
+        openapi_extra=_request_body(
+            ("image/png", IMAGE_BODY),
+            ("image/jpeg", IMAGE_BODY),
+            ("multipart/form-data", FORM_BODY),
+            ("application/json", PIXELS_BODY),
+        ),
+        responses={
+            200: {"model": DigitAnswer | NumberAnswer, "description": "the digit, or the number"},
+            **ERRORS,
+        },
+    )
     async def predict(request: Request, number: bool = False) -> JSONResponse:
         """One image: multipart ``file``, a raw image body, or JSON ``{"pixels": 28x28}``.
 
@@ -237,20 +410,30 @@ def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
         digit. Otherwise ``label``, ``confidence``, ``probabilities`` and ``input_png`` (the
         28x28 image the model saw, base64 PNG).
         """
-        [(_, image)] = await _images_from(request, many=False)
+        [(_, image)] = await _images_from(request, many=False, limits=limits)
         # A JSONResponse straight away: FastAPI's encoder would walk the answer again.
         return JSONResponse(await in_worker(read_one, image, number))
 
-    @app.post("/api/predict/batch")
+    @app.post(
+        "/api/predict/batch",
+        openapi_extra=_request_body(
+            ("multipart/form-data", FORM_BODY),
+            (
+                "application/json",
+                {"schema": {"type": "object", "properties": {"images": {"type": "array"}}}},
+            ),
+        ),
+        responses=ERRORS,
+    )
     async def predict_batch(request: Request) -> JSONResponse:
         """Many images: a multipart form with several files, or JSON ``{"images": [...]}``.
 
         Each result is a prediction or ``{"name", "error"}``; one bad image fails only itself.
         """
-        images = await _images_from(request, many=True)
+        images = await _images_from(request, many=True, limits=limits)
         if len(images) > limits.max_batch:
-            raise ApiError(413, f"{len(images)} images in one batch; at most {limits.max_batch}")
+            raise _too_many(len(images), limits)
         return JSONResponse({"results": await in_worker(read_batch, images)})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return Guard(app, limits.max_body_bytes, limits.max_concurrent)
+    return Guard(app, limits)
