@@ -278,3 +278,18 @@ def test_leftovers_of_killed_writers_are_removed_at_start(tmp_path, monkeypatch)
     os.utime(live, (old, old))
     assert fileio.remove_leftovers(tmp_path) == [live]
     shutil.rmtree(kept_run)
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from digitlab import fileio
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", full)
+    target = tmp_path / "metrics.json"
+    with pytest.raises(fileio.WriteError, match=f"cannot write {target}: No space left"):
+        fileio.atomic_write_text(target, "{}")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one is left

@@ -11,7 +11,8 @@ from PIL import Image
 
 from digitlab import preprocess
 from digitlab.cli import cli
-from digitlab.predict import DigitAnswer, NumberAnswer, Predictor
+from digitlab.predict import Predictor
+from digitlab.schemas import DigitAnswer, NumberAnswer
 
 
 def on_paper(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

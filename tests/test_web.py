@@ -22,7 +22,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from digitlab.config import ServeConfig
-from digitlab.predict import DigitAnswer, NumberAnswer, Predictor
+from digitlab.predict import Predictor
+from digitlab.schemas import DigitAnswer, NumberAnswer
 from digitlab.web.app import LIMITS, Guard, create_app
 
 

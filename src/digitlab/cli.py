@@ -63,12 +63,11 @@ def cli() -> None:
     Data is cached (and verified) under $DIGITLAB_HOME, runs are written to ./runs
     (or $DIGITLAB_RUNS). Set DIGITLAB_OFFLINE=1 to never touch the network.
     """
-    from digitlab.config import runs_dir
-    from digitlab.datasets import remove_cache_leftovers
-    from digitlab.fileio import remove_leftovers
+    from digitlab.config import data_dir, runs_dir
+    from digitlab.fileio import remove_leftovers, remove_leftovers_below
 
     # What killed trainings and fetches left behind (their process is gone) goes first.
-    removed = remove_cache_leftovers() + remove_leftovers(runs_dir())
+    removed = remove_leftovers_below(data_dir()) + remove_leftovers(runs_dir())
     if removed:
         _echo_error(f"removed {len(removed)} leftover(s) of interrupted writes")
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from digitlab import DigitlabError, config
 from digitlab.config import DIGIT_LABELS, IMAGE_SIDE, NUM_CLASSES
-from digitlab.fileio import atomic_write_bytes, atomic_write_text, leftover_name, remove_leftovers
+from digitlab.fileio import atomic_write_bytes, atomic_write_text, leftover_name
 
 Report = Callable[[str], None]
 
@@ -520,13 +520,6 @@ def ensure(
         _read_source_note(source_note),
         sha256={name: digests[name] for name in spec.files.values()},
     )
-
-
-def remove_cache_leftovers() -> list[Path]:
-    """Delete what killed fetches left in the cache (temporary files and npm work folders)."""
-    root = config.data_dir()
-    folders = [root, *(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
-    return [path for folder in folders for path in remove_leftovers(folder)]
 
 
 Arrays = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -156,3 +156,13 @@ def remove_leftovers(folder: Path, max_age: float = LEFTOVER_MAX_AGE_SECONDS) ->
         except OSError:
             continue
     return removed
+
+
+def remove_leftovers_below(root: Path) -> list[Path]:
+    """``remove_leftovers`` in ``root`` and in each folder directly inside it."""
+    root = Path(root)
+    try:
+        folders = [root, *(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]
+    except OSError:
+        return []
+    return [path for folder in folders for path in remove_leftovers(folder)]

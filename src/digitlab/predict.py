@@ -4,7 +4,7 @@ Every image goes through ``preprocess`` (the same steps the CLI and the web serv
 folder with ``inference.npz`` predicts with NumPy alone (fast start-up, low latency); otherwise
 the Keras model is loaded. ``predict_many`` is the one place where many images are read, each
 failing only itself; ``to_dict`` is the one JSON shape of each answer, for the CLI and the API
-alike (``DigitAnswer`` and ``NumberAnswer`` are that shape as a schema).
+alike (``schemas.DigitAnswer`` and ``schemas.NumberAnswer`` are that shape as a schema).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from digitlab import artifacts, preprocess, runtime
-from digitlab.config import DIGIT_LABELS, IMAGE_SIDE, NUM_CLASSES
+from digitlab.config import DIGIT_LABELS, IMAGE_SIDE
 from digitlab.preprocess import ImageError
 
 BATCH_SIZE = 256  # digits per model call when predicting many images
@@ -78,29 +77,6 @@ class NumberPrediction:
 
 
 Answer = Prediction | NumberPrediction
-
-
-class DigitAnswer(BaseModel):
-    """The JSON of one digit (``Prediction.to_dict``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    label: int = Field(ge=0, lt=NUM_CLASSES)
-    label_name: str
-    confidence: float = Field(ge=0, le=1)
-    probabilities: list[float] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)
-    input_png: str | None = Field(None, description="the 28x28 input the model saw, base64 PNG")
-
-
-class NumberAnswer(BaseModel):
-    """The JSON of a written number (``NumberPrediction.to_dict``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    text: str
-    confidence: float = Field(
-        ge=0, le=1, description="the chance that every digit is right: the digits' product"
-    )
-    digits: list[DigitAnswer]
-    input_png: str | None = Field(None, description="the digits' inputs side by side")
 
 
 class Predictor:

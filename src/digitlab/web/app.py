@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitlab import DigitlabError, __version__
 from digitlab.config import IMAGE_SIDE, ServeConfig
-from digitlab.predict import DigitAnswer, NumberAnswer, Predictor
+from digitlab.predict import Predictor
 from digitlab.preprocess import ImageError
+from digitlab.schemas import DigitAnswer, NumberAnswer
 
 STATIC = Path(__file__).parent / "static"
 LIMITS = ServeConfig()

@@ -1,0 +1,35 @@
+"""The JSON shapes of digitlab's answers, as schemas: what ``Prediction.to_dict`` and
+``NumberPrediction.to_dict`` produce, for ``digitlab predict --json`` and the HTTP API alike.
+
+The API declares them in its OpenAPI document; the tests check both outputs against them. They
+live apart from ``predict`` so that predicting does not import pydantic.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from digitlab.config import NUM_CLASSES
+
+
+class DigitAnswer(BaseModel):
+    """The JSON of one digit (``Prediction.to_dict``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: int = Field(ge=0, lt=NUM_CLASSES)
+    label_name: str
+    confidence: float = Field(ge=0, le=1)
+    probabilities: list[float] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)
+    input_png: str | None = Field(None, description="the 28x28 input the model saw, base64 PNG")
+
+
+class NumberAnswer(BaseModel):
+    """The JSON of a written number (``NumberPrediction.to_dict``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    confidence: float = Field(
+        ge=0, le=1, description="the chance that every digit is right: the digits' product"
+    )
+    digits: list[DigitAnswer]
+    input_png: str | None = Field(None, description="the digits' inputs side by side")
