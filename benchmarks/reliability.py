@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -33,13 +32,14 @@ from _common import write_result
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from corpus import write_corpus  # noqa: E402
-from digitlab import artifacts, config, datasets  # noqa: E402
+from digitlab import config, datasets  # noqa: E402
 from test_hostile import (  # noqa: E402
     CONTENT_TYPES,
     ROUTES,
-    _kill_at_random,
     _slow_sender,
     free_port,
+    kill_fetches,
+    kill_trainings,
 )
 
 DIGITLAB = str(Path(sys.executable).with_name("digitlab"))
@@ -83,49 +83,11 @@ def corpus_check(run: Path, mutants: int) -> dict:
 
 
 def kill_check(rounds: int) -> dict:
-    source = config.data_dir() / "mnist"
-    rng = random.Random(0)
-    result = {}
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "DIGITLAB_HOME": home, "DIGITLAB_OFFLINE": "1"}
-        corrupt = 0
-        for _ in range(rounds):
-            _kill_at_random([DIGITLAB, "data", "fetch", "--from", str(source)], env, rng, 2.5)
-            for path in (Path(home) / "data" / "mnist").glob("*-ubyte"):
-                pinned = datasets.MNIST.sha256[path.name]
-                corrupt += datasets.sha256_hex(path.read_bytes()) != pinned
-        before = len([p for p in Path(home).rglob(".*") if ".tmp" in p.name])
-        subprocess.run([DIGITLAB, "data", "fetch", "--from", str(source)], env=env, check=True,
-                       capture_output=True)  # fmt: skip
-        after = len([p for p in Path(home).rglob(".*") if ".tmp" in p.name])
-        result["data_fetch"] = {
-            "kills": rounds,
-            "corrupt_files_at_final_paths": corrupt,
-            "leftovers_before_next_start": before,
-            "leftovers_after_next_start": after,
-        }
+        fetch = kill_fetches(Path(home), config.data_dir() / "mnist", rounds)
     with tempfile.TemporaryDirectory() as root:
-        runs = Path(root) / "runs"
-        env = {**os.environ, "DIGITLAB_RUNS": str(runs), "DIGITLAB_OFFLINE": "1"}
-        broken_latest = 0
-        for _ in range(rounds // 2):
-            _kill_at_random([DIGITLAB, "train", "--epochs", "2"], env, rng, 25)
-            latest = runs / "latest"
-            if latest.is_symlink():
-                try:
-                    artifacts.read_manifest(artifacts.resolve_run(latest))
-                except Exception:
-                    broken_latest += 1
-        before = len([p for p in runs.glob(".*") if ".tmp" in p.name]) if runs.exists() else 0
-        subprocess.run([DIGITLAB, "runs"], env=env, check=True, capture_output=True)
-        after = len([p for p in runs.glob(".*") if ".tmp" in p.name]) if runs.exists() else 0
-        result["train"] = {
-            "kills": rounds // 2,
-            "broken_latest": broken_latest,
-            "leftovers_before_next_start": before,
-            "leftovers_after_next_start": after,
-        }
-    return result
+        train = kill_trainings(Path(root) / "runs", [DIGITLAB, "train"], rounds // 2)
+    return {"data_fetch": fetch, "train": train}
 
 
 def api_fuzz(run: Path, requests: int) -> dict:

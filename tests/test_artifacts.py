@@ -75,13 +75,35 @@ def test_trainings_finishing_at_once_get_a_folder_each(tiny_result, tiny_data, t
     assert len(set(folders)) == 4
     for folder in folders:
         assert artifacts.read_manifest(artifacts.resolve_run(folder))["model"] == "mlp"
+        assert f"{folder}</p>" in (folder / "report.html").read_text().replace(" &middot;", "</p>")
+
+
+def test_a_name_taken_while_saving_goes_to_the_next_one(
+    tiny_result, tiny_data, tmp_path, monkeypatch
+):
+    """Another training publishes the planned name between our check and our rename."""
+    real_rename, raced = artifacts._rename, []
+
+    def racing(temporary, final):
+        if not raced:  # the other training wins the first rename
+            raced.append(final)
+            final.mkdir()
+            (final / "model.keras").write_text("the other training's")
+        real_rename(temporary, final)
+
+    monkeypatch.setattr(artifacts, "_rename", racing)
+    folder = save(tiny_result, tiny_data, tmp_path)
+    [taken] = raced
+    assert folder != taken and folder.name.endswith("-mlp-2") or folder.name[:15] != taken.name[:15]
+    assert f"{folder} &middot;" in (folder / "report.html").read_text()  # retitled
+    assert (taken / "model.keras").read_text() == "the other training's"  # not overwritten
 
 
 def test_a_failed_publish_keeps_the_trained_model(tiny_result, tiny_data, tmp_path, monkeypatch):
     def refuse(source, target):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artifacts, "_publish", refuse)
+    monkeypatch.setattr(artifacts, "_rename", refuse)
     with pytest.raises(DigitlabError, match="it is kept in") as caught:
         save(tiny_result, tiny_data, tmp_path)
     kept = Path(str(caught.value).rsplit("kept in ", 1)[1])

@@ -371,62 +371,95 @@ def test_a_client_that_hangs_up_is_not_a_server_error(server):
 # ------------------------------------------------------- killed writers, concurrent writers
 
 
-def _kill_at_random(arguments: list[str], env: dict, rng: random.Random, window: float) -> int:
+def _run_seconds(arguments: list[str], env: dict) -> float:
+    """How long the command takes when left alone: the kills are aimed at its end, where
+    it writes."""
+    started = time.perf_counter()
+    subprocess.run(arguments, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def _kill_at(arguments: list[str], env: dict, seconds: float) -> None:
     process = subprocess.Popen(
         arguments, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    time.sleep(rng.uniform(0.2, window))
+    time.sleep(seconds)
     process.send_signal(signal.SIGKILL)
-    return process.wait()
+    process.wait()
 
 
-def _complete_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+def _leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+def kill_fetches(home: Path, source: Path, rounds: int, seed: int = 0) -> dict:
+    """Kill `data fetch --from` at random moments of its run, from an empty cache each time."""
+    rng = random.Random(seed)
+    env = {**os.environ, "DIGITLAB_HOME": str(home), "DIGITLAB_OFFLINE": "1"}
+    command = [DIGITLAB, "data", "fetch", "--from", str(source)]
+    cache = home / "data" / "mnist"
+    full = _run_seconds(command, env)
+    corrupt = left = 0
+    for _ in range(rounds):
+        for path in cache.glob("*-ubyte"):  # start again from nothing
+            path.unlink()
+        _kill_at(command, env, rng.uniform(0.3 * full, 1.1 * full))
+        for path in cache.glob("*-ubyte"):  # every file at a final path verifies
+            corrupt += datasets.sha256_hex(path.read_bytes()) != datasets.MNIST.sha256[path.name]
+        left += len(_leftovers(home))  # each start removes the ones before it
+    subprocess.run(command, env=env, check=True, capture_output=True)  # the next start
+    return {
+        "kills": rounds,
+        "full_run_seconds": round(full, 2),
+        "corrupt_files_at_final_paths": corrupt,
+        "leftovers_found_after_kills": left,
+        "leftovers_after_next_start": len(_leftovers(home)),
+    }
+
+
+def kill_trainings(runs: Path, train: list[str], rounds: int, seed: int = 1) -> dict:
+    """Kill `digitlab train` at random moments of its last seconds (saving the run)."""
+    rng = random.Random(seed)
+    env = {**os.environ, "DIGITLAB_RUNS": str(runs), "DIGITLAB_OFFLINE": "1"}
+    full = _run_seconds(train, env)
+    broken_latest = left = 0
+    for _ in range(rounds):
+        _kill_at(train, env, rng.uniform(full - 4.0, full + 0.2))
+        latest = runs / "latest"
+        try:
+            artifacts.read_manifest(artifacts.resolve_run(latest))
+        except Exception:  # a broken latest, whatever the reason
+            broken_latest += 1
+        left += len(_leftovers(runs))  # each start removes the ones before it
+    listing = subprocess.run(
+        [DIGITLAB, "runs"], env=env, capture_output=True, text=True, check=False
+    )
+    return {
+        "kills": rounds,
+        "full_run_seconds": round(full, 2),
+        "broken_latest": broken_latest,
+        "leftovers_found_after_kills": left,
+        "leftovers_after_next_start": len(_leftovers(runs)),
+        "runs_exit_status": listing.returncode,
+        "tracebacks": listing.stderr.count("Traceback"),
+    }
 
 
 @pytest.mark.slow
 def test_killed_data_fetches_leave_no_corrupt_file_and_no_leftover(tmp_path, mnist_files):
     from conftest import REAL_HOME
 
-    source = REAL_HOME / "data" / "mnist"  # the real files, fetched as a user's --from would
-    rng = random.Random(0)
-    env = {**os.environ, "DIGITLAB_HOME": str(tmp_path / "home"), "DIGITLAB_OFFLINE": "1"}
-    for _ in range(4):
-        command = [DIGITLAB, "data", "fetch", "--from", str(source)]
-        _kill_at_random(command, env, rng, window=2.5)
-        cache = tmp_path / "home" / "data" / "mnist"
-        for path in _complete_files(cache):
-            if path.name in datasets.MNIST.sha256:  # every file at a final path verifies
-                digest = datasets.sha256_hex(path.read_bytes())
-                assert digest == datasets.MNIST.sha256[path.name], path
-    finished = subprocess.run(  # the next start cleans up, then completes the cache
-        [DIGITLAB, "data", "fetch", "--from", str(source)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert finished.returncode == 0, finished.stderr
-    leftovers = [p for p in (tmp_path / "home").rglob(".*") if ".tmp" in p.name]
-    assert leftovers == []
+    result = kill_fetches(tmp_path / "home", REAL_HOME / "data" / "mnist", rounds=4)
+    assert result["corrupt_files_at_final_paths"] == 0
+    assert result["leftovers_after_next_start"] == 0
 
 
 @pytest.mark.slow
 def test_killed_trainings_never_break_runs_and_leave_no_leftover(tmp_path, tiny_folder):
-    rng = random.Random(1)
-    env = {**os.environ, "DIGITLAB_RUNS": str(tmp_path / "runs"), "DIGITLAB_HOME": str(tmp_path)}
     train = [DIGITLAB, "train", "--dataset", str(tiny_folder), "--epochs", "2"]
-    for _ in range(4):
-        _kill_at_random(train, env, rng, window=12)
-        latest = tmp_path / "runs" / "latest"
-        if latest.is_symlink():
-            artifacts.read_manifest(artifacts.resolve_run(latest))  # never a broken latest
-    listing = subprocess.run(
-        [DIGITLAB, "runs"], env=env, capture_output=True, text=True, check=False
-    )
-    assert listing.returncode == 0 and "Traceback" not in listing.stderr
-    leftovers = [p for p in (tmp_path / "runs").glob(".*") if ".tmp" in p.name]
-    assert leftovers == []
+    result = kill_trainings(tmp_path / "runs", train, rounds=4)
+    assert result["broken_latest"] == 0 and result["tracebacks"] == 0
+    assert result["runs_exit_status"] == 0 and result["leftovers_after_next_start"] == 0
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ versions, label names, input shape), ``predictions.png``, ``history.png`` and ``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -118,27 +119,39 @@ def save_run(
     ``latest`` at it, and return it.
 
     The folder is built under a temporary name and renamed into place when complete, so a
-    reader never sees half a run. Its name is reserved first (``mkdir`` is atomic), so two
-    trainings finishing in the same second get two folders. If the final rename fails, the
-    finished folder is kept under its temporary name and the error says where.
+    reader never sees half a run. The rename cannot overwrite a run (it fails onto a folder
+    that is not empty), so two trainings finishing in the same second get ``...-mlp`` and
+    ``...-mlp-2``. If the final rename fails otherwise, the finished folder is kept under its
+    temporary name and the error says where.
     """
     from digitlab import reports
 
-    root = Path(root or config.runs_dir())
+    root = check_writable(root)
     manifest = build_manifest(result, files)
-    final = _reserve_run_dir(root, result.config.model)
-    temporary = Path(tempfile.mkdtemp(prefix=leftover_name(final.name), suffix=".tmp", dir=root))
+    name = _free_run_name(root, result.config.model)
+    temporary = Path(tempfile.mkdtemp(prefix=leftover_name(name), suffix=".tmp", dir=root))
+
+    def write_report(run_name: str) -> None:
+        reports.build_report(
+            temporary,
+            manifest,
+            test_images,
+            test_labels,
+            result.test_probabilities,
+            progress=progress,
+            run_name=run_name,
+        )
+
     try:
         save_model(result.model, temporary)
         write_manifest(temporary, manifest)
         shown = len(result.first_labels)
-        label_names = files.spec.label_names
         reports.plot_predictions(
             test_images[:shown],
             test_labels[:shown],
             result.first_labels,
             temporary / PREDICTIONS_PLOT,
-            label_names,
+            files.spec.label_names,
             confidences=result.first_confidences,
         )
         reports.plot_history(
@@ -147,60 +160,56 @@ def save_run(
             test_accuracy=result.metrics["test_accuracy"],
             best=result.best_epoch,
         )
-        reports.build_report(
-            temporary,
-            manifest,
-            test_images,
-            test_labels,
-            result.test_probabilities,
-            progress=progress,
-            run_name=final.name,
-        )
+        write_report(name)
         os.chmod(temporary, 0o777 & ~umask())
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
-        _release(final)
         raise
-    try:
-        _publish(temporary, final)
-    except OSError as error:
-        _release(final)
-        raise DigitlabError(
-            f"the trained run is complete but could not be published as {final} "
-            f"({error.strerror or error}); it is kept in {temporary}"
-        ) from None
+    final = _publish(temporary, root, name, result.config.model, write_report)
     mark_latest(final)
     return final
 
 
-def _reserve_run_dir(root: Path, model_name: str) -> Path:
-    """Create and return an empty ``root/YYYYmmdd-HHMMSS-model[-N]`` no other process holds."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DigitlabError(f"cannot create the runs folder {root}: {error.strerror}") from None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in range(1, 1000):
-        candidate = root / (f"{stamp}-{model_name}" + (f"-{suffix}" if suffix > 1 else ""))
+def _free_run_name(root: Path, model_name: str) -> str:
+    """``YYYYmmdd-HHMMSS-model``, or with ``-2``, ``-3``... if that run exists already."""
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{model_name}"
+    suffix = 1
+    while (root / _numbered(base, suffix)).exists():
+        suffix += 1
+    return _numbered(base, suffix)
+
+
+def _numbered(base: str, suffix: int) -> str:
+    return base if suffix == 1 else f"{base}-{suffix}"
+
+
+MAX_NAME_TRIES = 100
+
+
+def _publish(
+    temporary: Path, root: Path, name: str, model_name: str, write_report: Callable
+) -> Path:
+    """Rename the finished folder to ``root/name``; if another training took that name in the
+    meantime, to the next free one (its report retitled first)."""
+    for _ in range(MAX_NAME_TRIES):
+        final = root / name
         try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
+            _rename(temporary, final)
+            return final
         except OSError as error:
-            raise DigitlabError(f"cannot write a run in {root}: {error.strerror}") from None
-    raise DigitlabError(f"cannot find a free run name in {root}")
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.exists():
+                raise DigitlabError(
+                    f"the trained run is complete but could not be published as {final} "
+                    f"({error.strerror or error}); it is kept in {temporary}"
+                ) from None
+        name = _free_run_name(root, model_name)
+        write_report(name)
+    raise DigitlabError(f"no free run name in {root}; the trained run is kept in {temporary}")
 
 
-def _publish(temporary: Path, final: Path) -> None:
-    os.replace(temporary, final)  # onto the empty reserved folder: one atomic rename
-
-
-def _release(reserved: Path) -> None:
-    try:
-        reserved.rmdir()  # only if still empty
-    except OSError:
-        pass
+def _rename(temporary: Path, final: Path) -> None:
+    # rename(2) fails onto a folder that is not empty (a run), and never leaves half a folder
+    os.rename(temporary, final)
 
 
 def check_writable(root: Path | None = None) -> Path:
