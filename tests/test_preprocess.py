@@ -223,3 +223,25 @@ def test_a_written_number_is_split_into_its_digits_left_to_right():
     assert len(digits) == 4
     assert [d.box[0] for d in digits] == sorted(d.box[0] for d in digits)
     assert all(d.image.shape == (28, 28) for d in digits)
+
+
+def test_narrow_ones_close_to_their_neighbours_stay_digits_of_their_own():
+    """Full-height strokes a few pixels apart are separate digits: "1111", and a 1 beside an
+    8-like ring ("18"), were merged into fewer digits before (issue #11)."""
+    canvas = np.full((80, 200), 240, np.uint8)
+    for left in (20, 34, 48, 62):  # four ones, 6 px wide, 8 px apart
+        canvas[10:70, left : left + 6] = 20
+    assert len(preprocess.prepare_number(canvas)) == 4
+    ring = np.full((80, 120), 240, np.uint8)
+    ring[10:70, 20:26] = 20  # the 1
+    ring[10:70, 34:70] = 20  # a full-height digit 8 px to its right
+    ring[22:58, 42:62] = 240  # hollowed: a ring
+    assert len(preprocess.prepare_number(ring)) == 2
+
+
+def test_an_open_four_in_two_strokes_is_still_one_digit():
+    canvas = np.full((80, 120), 240, np.uint8)
+    canvas[10:45, 30:35] = 20  # the left stroke, down to the bar: a part, not a digit
+    canvas[40:45, 30:62] = 20  # the bar
+    canvas[10:70, 66:71] = 20  # the stem, full height, 4 px to the right of the bar
+    assert len(preprocess.prepare_number(canvas)) == 1

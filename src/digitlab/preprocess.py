@@ -498,8 +498,12 @@ def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
             last = groups[-1]
             overlap = min(last[1], columns.stop) - max(last[0], columns.start)
             stacked = overlap >= 0.5 * min(columns.stop - columns.start, last[1] - last[0])
+            # Two full-height strokes side by side are two digits ("11", the 1 of "16"); only a
+            # shorter part joins its neighbour (the stem of an open 4 written in two strokes).
+            part = min(rows.stop - rows.start, last[3] - last[2]) < PART_HEIGHT * tallest
             touching = (
-                columns.start - last[1] < TOUCHING_GAP * tallest
+                part
+                and columns.start - last[1] < TOUCHING_GAP * tallest
                 and max(last[1], columns.stop) - last[0] <= MAX_DIGIT_WIDTH * tallest
             )
             if stacked or touching:
