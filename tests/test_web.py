@@ -343,3 +343,48 @@ def test_serve_on_a_busy_port_is_one_clear_line(mnist_run):
     assert (
         result.output.strip() == f"Error: cannot serve on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_uploads_still_arriving_are_bounded_and_hold_no_prediction_slot():
+    """A request that is still sending its body counts against max_receiving, not against
+    max_concurrent: a slow upload cannot take a prediction slot."""
+    predicted = []
+
+    async def app(scope, receive, send):
+        predicted.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    guard = Guard(app, ServeConfig(max_receiving=1, max_concurrent=1, body_timeout_seconds=0.5))
+    scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers": []}
+
+    async def scenario():
+        never = asyncio.Event()
+
+        async def slow_receive():  # a body that never comes
+            await never.wait()
+
+        async def fast_receive():
+            return {"type": "http.request", "body": b"x", "more_body": False}
+
+        sent: dict[str, list] = {"slow": [], "second": []}
+
+        async def collect(name):
+            async def send(message):
+                sent[name].append(message)
+
+            return send
+
+        slow = asyncio.create_task(guard(scope, slow_receive, await collect("slow")))
+        await asyncio.sleep(0.05)
+        assert guard.receiving == 1 and guard.in_flight == 0  # no slot held while sending
+        await guard(scope, fast_receive, await collect("second"))
+        await slow
+        return sent
+
+    with ThreadPoolExecutor(1) as thread:
+        sent = thread.submit(asyncio.run, scenario()).result()
+    assert sent["second"][0]["status"] == 503  # the one upload allowed was still arriving
+    assert b"too many uploads" in sent["second"][1]["body"]
+    assert sent["slow"][0]["status"] == 408  # and it timed out
+    assert predicted == [] and guard.receiving == 0 and guard.in_flight == 0
