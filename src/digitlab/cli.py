@@ -639,6 +639,9 @@ def serve(
     )
     app = create_app(predictor, limits)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
+    # A malformed form is answered 400/422 with its reason; the parser's own warning per
+    # request would only repeat it in the log.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     # Everything loaded so far lives as long as the server: keep it out of the garbage
     # collector's full passes, which otherwise show up as latency spikes under load.
     gc.collect()
