@@ -8,7 +8,7 @@ blur, tint, JPEG quality 40-90), through `Predictor.predict_number` (today: blob
 then the digit model on each blob). Reports exact-number and per-position digit accuracy by
 length, gap kind and condition, and the time to read one 6-digit number warm.
 
-    python benchmarks/numbers.py [--run DIR] [--count 600] [--seed 0]
+    python benchmarks/number_reading.py [--run DIR] [--count 600] [--seed 0]
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def main() -> None:
     }
     mistakes = [r for r in rows if r["read"] != r["text"]][:15]
     write_result(
-        "numbers",
+        "number_reading",
         {
             "reader": "blob segmentation + " + str(predictor.manifest.get("model")),
             "numbers_per_condition": arguments.count,
