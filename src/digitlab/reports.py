@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab import evaluation
-from digitlab.config import PREDICTIONS_SHOWN
+from digitlab.config import IMAGE_SIDE, PREDICTIONS_SHOWN
 from digitlab.fileio import atomic_path, atomic_write_text
 
 MISTAKE_COLOUR = "#c62828"
@@ -70,14 +70,14 @@ def digits_figure(
     columns = min(10, max(count, 1))
     rows = max(1, -(-count // columns))
     caption_band, gap = 26, 4  # pixels above each 28x28 digit, and between digits
-    cell_width, cell_height = 28 + gap, 28 + caption_band
+    cell_width, cell_height = IMAGE_SIDE + gap, IMAGE_SIDE + caption_band
     mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
     width = 1.05 * columns  # inches; the height follows the mosaic's shape, plus the title
     figure, axis = plt.subplots(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 0.45))
     for position in range(count):
         row, column = divmod(position, columns)
         top, left = row * cell_height + caption_band, column * cell_width + gap // 2
-        mosaic[top : top + 28, left : left + 28] = images[position]
+        mosaic[top : top + IMAGE_SIDE, left : left + IMAGE_SIDE] = images[position]
         right = predicted[position] == true_labels[position]
         caption = f"#{indices[position]}\npred {label_names[predicted[position]]}"
         if confidences is not None:
@@ -85,7 +85,7 @@ def digits_figure(
         if not right:
             caption += f"\ntrue {label_names[true_labels[position]]}"
         axis.text(
-            left + 14,
+            left + IMAGE_SIDE // 2,
             top - 2,
             caption,
             ha="center",
@@ -231,7 +231,7 @@ def save_inputs(
     count = len(digits)
     columns = min(columns, count)
     rows = -(-count // columns)
-    side, gap = 28 * scale, 4
+    side, gap = IMAGE_SIDE * scale, 4
     sheet = Image.new("L", (columns * (side + gap) - gap, rows * (side + gap) - gap), 128)
     for index, digit in enumerate(digits):
         tile = Image.fromarray(np.asarray(digit, dtype=np.uint8)).resize(
