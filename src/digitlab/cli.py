@@ -448,6 +448,7 @@ IMAGE_SUFFIXES = {
     ".avif",
 }
 STDIN = "-"
+EXPLAINED = 20  # digits explained by predict --explain: a page a person can read
 
 
 def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
@@ -516,6 +517,12 @@ def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Save what the model saw (the 28x28 inputs, enlarged) to this PNG.",
 )
+@click.option(
+    "--explain",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Save, for each digit read (at most 20), a map of the pixels the answer rests on "
+    "to this PNG.",
+)
 def predict(
     paths: tuple[str, ...],
     run_dir: Path | None,
@@ -523,6 +530,7 @@ def predict(
     as_json: bool,
     number: bool,
     show_input: Path | None,
+    explain: Path | None,
 ) -> None:
     """Read digits in your own images: files, folders (recursively) or - for standard input.
 
@@ -530,6 +538,8 @@ def predict(
     box centred by mass in 28x28) before the model sees it. The exit status is 1 if any image
     could not be read; the others are still answered.
     """
+    import numpy as np
+
     from digitlab.predict import Predictor
     from digitlab.preprocess import ImageError
 
@@ -569,6 +579,19 @@ def predict(
 
         save_inputs(seen, show_input)
         _echo_error(f"model inputs saved to {show_input}")
+    if explain is not None and seen:
+        from digitlab.reports import save_explanations
+
+        shown = seen[:EXPLAINED]
+        answers = [predictor.result_for(d, p) for d, p in
+                   zip(shown, predictor.predict_digits(np.stack(shown)), strict=True)]  # fmt: skip
+        save_explanations(
+            shown,
+            [predictor.explain(digit) for digit in shown],
+            [f"{a.label_name} ({a.confidence:.0%})" for a in answers],
+            explain,
+        )
+        _echo_error(f"explanations saved to {explain}")
     if failures:
         raise SystemExit(1)
 

@@ -243,6 +243,28 @@ def save_inputs(
     return path
 
 
+def save_explanations(
+    digits: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    captions: Sequence[str],
+    path: Path,
+) -> Path:
+    """Each input beside its explanation map (red: the pixels the answer rests on)."""
+    plt = _pyplot()
+    rows = len(digits)
+    figure, axes = plt.subplots(rows, 2, figsize=(4, 2 * rows), squeeze=False)
+    for row, (digit, heat, caption) in enumerate(zip(digits, maps, captions, strict=True)):
+        axes[row, 0].imshow(digit, cmap="gray", interpolation="nearest")
+        axes[row, 0].set_title(caption, fontsize=8)
+        axes[row, 1].imshow(digit, cmap="gray", interpolation="nearest")
+        axes[row, 1].imshow(heat, cmap="Reds", alpha=0.7, interpolation="nearest")
+        axes[row, 1].set_title("what it rests on", fontsize=8)
+        for axis in axes[row]:
+            axis.axis("off")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 # ------------------------------------------------------------------------------- the report
 
 STYLE = """
