@@ -31,13 +31,13 @@ import numpy as np
 from _common import write_result
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from corpus import write_corpus  # noqa: E402
+from conftest import free_port  # noqa: E402
+from corpus import slowest_file_seconds, write_corpus  # noqa: E402
 from digitlab import config, datasets  # noqa: E402
 from test_hostile import (  # noqa: E402
     CONTENT_TYPES,
     ROUTES,
     _slow_sender,
-    free_port,
     kill_fetches,
     kill_trainings,
 )
@@ -67,18 +67,7 @@ def corpus_check(run: Path, mutants: int) -> dict:
                 "exit_status": finished.returncode,
                 "seconds": round(time.perf_counter() - started, 2),
             }
-        from digitlab import preprocess
-
-        slowest = 0.0
-        for path in paths:
-            started = time.perf_counter()
-            for prepare in (preprocess.prepare_image, preprocess.prepare_number):
-                try:
-                    prepare(path)
-                except preprocess.ImageError:
-                    pass
-            slowest = max(slowest, time.perf_counter() - started)
-        result["slowest_file_seconds"] = round(slowest, 3)
+        result["slowest_file_seconds"] = round(slowest_file_seconds(paths), 3)
     return result
 
 

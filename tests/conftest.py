@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,49 @@ def mnist_run(tmp_path_factory, mnist_files, mnist_arrays) -> Path:
     _, (x_test, y_test) = mnist_arrays
     root = tmp_path_factory.mktemp("runs")
     return artifacts.save_run(result, mnist_files, x_test, y_test, root=root)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(run: Path, log: Path, *options: str):
+    """A real `digitlab serve` of ``run`` on 127.0.0.1, as a user starts it, its output in
+    ``log``; yields (url, port) once /api/health answers."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    digitlab = Path(sys.executable).with_name("digitlab")
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            [str(digitlab), "serve", "--run", str(run), "--port", str(port), *options],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DIGITLAB_OFFLINE": "1"},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(f"digitlab serve did not start: {log.read_text()[-2000:]}")
+        yield url, port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -6,6 +6,7 @@ benchmarks/reliability.py (thousands)."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,19 @@ def write_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
         path.write_bytes(data)
         paths.append(path)
     return paths
+
+
+def slowest_file_seconds(paths: list[Path]) -> float:
+    """The longest time one file takes through ``prepare_image`` and ``prepare_number``."""
+    from digitlab import preprocess
+
+    slowest = 0.0
+    for path in paths:
+        started = time.perf_counter()
+        for prepare in (preprocess.prepare_image, preprocess.prepare_number):
+            try:
+                prepare(path)
+            except preprocess.ImageError:
+                pass
+        slowest = max(slowest, time.perf_counter() - started)
+    return slowest

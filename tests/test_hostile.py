@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from corpus import write_corpus
+from conftest import serving
+from corpus import slowest_file_seconds, write_corpus
 from digitlab import artifacts, datasets, preprocess
 from digitlab.cli import cli
 from digitlab.config import ServeConfig
@@ -76,16 +77,7 @@ def test_every_corpus_file_gets_its_own_line_and_no_traceback(corpus, mnist_run,
 
 
 def test_no_corpus_file_takes_over_two_seconds(corpus):
-    slowest = 0.0
-    for path in corpus:
-        started = time.perf_counter()
-        for prepare in (preprocess.prepare_image, preprocess.prepare_number):
-            try:
-                prepare(path)
-            except preprocess.ImageError:
-                pass
-        slowest = max(slowest, time.perf_counter() - started)
-    assert slowest < 2.0
+    assert slowest_file_seconds(corpus) < 2.0
 
 
 def test_a_good_image_keeps_its_answer_beside_a_nan_tiff(mnist_run, mnist_arrays, tmp_path):
@@ -256,37 +248,12 @@ def test_no_request_gets_a_500(client, method, route, query, content_type, body)
 # ------------------------------------------------------------------------- a real server
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(mnist_run, tmp_path_factory):
     """`digitlab serve` with a 2 s body timeout, its log in a file."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [DIGITLAB, "serve", "--run", str(mnist_run), "--port", str(port)]
-            + ["--body-timeout", "2"],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail(f"digitlab serve did not start: {log.read_text()[-2000:]}")
-    yield url, port, log
-    process.terminate()
-    process.wait(timeout=10)
+    with serving(mnist_run, log, "--body-timeout", "2") as (url, port):
+        yield url, port, log
 
 
 def _slow_sender(port: int, stop: threading.Event) -> tuple[int | None, float]:
