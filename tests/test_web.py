@@ -9,8 +9,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from conftest import serving
 from digitlab.config import ServeConfig
 from digitlab.predict import Predictor
 from digitlab.schemas import DigitAnswer, NumberAnswer
@@ -224,36 +223,11 @@ def test_one_log_line_per_request(client, caplog):
 # ------------------------------------------------------------------------- a real browser
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(mnist_run):
+def served(mnist_run, tmp_path_factory):
     """A real `digitlab serve` on 127.0.0.1, as a user starts it."""
-    port = free_port()
-    digitlab = Path(sys.executable).with_name("digitlab")
-    server = subprocess.Popen(
-        [str(digitlab), "serve", "--run", str(mnist_run), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "DIGITLAB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail(f"digitlab serve did not start: {server.stdout.read().decode()[-2000:]}")
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
+    with serving(mnist_run, tmp_path_factory.mktemp("serve") / "serve.log") as (url, _):
+        yield url
 
 
 STROKES = {
@@ -311,6 +285,11 @@ def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test,
         page.wait_for_function(
             f"document.getElementById('label').textContent === '{y_test[index]}'"
         )
+        blank = page.locator("#pad").evaluate(
+            "pad => pad.getContext('2d').getImageData(0, 0, pad.width, pad.height)"
+            ".data.every(value => value > 200)"
+        )
+        assert blank  # the drawing the upload replaced is not left on the pad
         page.screenshot(path=str(shots / f"uploaded-{name}"))
 
     text_file = tmp_path / "notes.txt"

@@ -150,7 +150,13 @@ function show(answer) {
 // Upload: a file chosen, or dropped on the zone (Enter or Space on the zone opens the chooser).
 const drop = document.getElementById("drop");
 const fileInput = document.getElementById("file");
-const upload = (file) => file && send(file, file.type);
+// The answer shown is the file's: the drawing it replaces is cleared, not left beside it.
+const upload = (file) => {
+  if (!file) return;
+  strokes.length = 0;
+  redraw();
+  send(file, file.type);
+};
 fileInput.addEventListener("change", () => upload(fileInput.files[0]));
 drop.addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") { event.preventDefault(); fileInput.click(); }
