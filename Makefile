@@ -25,11 +25,19 @@ data-fashion: $(BIN)/digitlab system-packages
 	$(BIN)/digitlab data fetch --dataset fashion-mnist
 
 # Debian packages the tests use: chromium for the browser tests (Playwright's own browser
-# download cannot work here) and dataset-fashion-mnist (the Fashion-MNIST source used offline).
+# download cannot work here), dataset-fashion-mnist (the Fashion-MNIST source used offline) and
+# fonts: DejaVu and Liberation, whose letters the CNN learns as "not a digit", and handwriting
+# fonts (numbers and letters no model was trained on, for the tests and benchmarks).
+FONTS := fonts-dejavu-core fonts-liberation fonts-humor-sans fonts-breip \
+	fonts-dkg-handwriting fonts-femkeklaver fonts-rufscript fonts-kristi fonts-comic-neue \
+	fonts-bwht fonts-klee fonts-dancingscript
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	for font in $(FONTS); do \
+	  dpkg -s $$font >/dev/null 2>&1 || missing="$$missing $$font"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
 	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
@@ -53,8 +61,12 @@ bench: $(VENV)/.dev data data-fashion
 	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python serve_load.py --run ../runs/latest
 	cd benchmarks && ../$(BIN)/python model_accuracy.py
+	cd benchmarks && ../$(BIN)/python not_a_digit.py --run ../runs/latest
 	$(BIN)/digitlab train --model cnn
 	cd benchmarks && ../$(BIN)/python robustness.py --run ../runs/latest
+	cd benchmarks && ../$(BIN)/python not_a_digit.py --run ../runs/latest
+	$(BIN)/digitlab train --model reader
+	cd benchmarks && ../$(BIN)/python number_reading.py
 
 # The tutorial's own stack, in its own environment: tf.keras on TensorFlow's CPU build.
 TF_VENV := .venv-tf

@@ -137,6 +137,23 @@ def mnist_run(tmp_path_factory, mnist_files, mnist_arrays) -> Path:
     return artifacts.save_run(result, mnist_files, x_test, y_test, root=root)
 
 
+@pytest.fixture(scope="session")
+def reader_run(tmp_path_factory, mnist_files, mnist_arrays) -> Path:
+    """A number reader trained on fewer numbers and epochs than its defaults, on numbers
+    composed from the real MNIST (~3 minutes), in a runs folder of its own."""
+    from digitlab import artifacts, models, training
+
+    config = models.get("reader").config(numbers=READER_TEST_NUMBERS, epochs=READER_TEST_EPOCHS)
+    result = training.train(config, mnist_arrays, report=lambda line: None, verbose=0)
+    _, (x_test, y_test) = mnist_arrays
+    root = tmp_path_factory.mktemp("reader-runs")
+    return artifacts.save_run(result, mnist_files, x_test, y_test, root=root)
+
+
+READER_TEST_NUMBERS = 10_000
+READER_TEST_EPOCHS = 3
+
+
 def free_port() -> int:
     import socket
 

@@ -15,7 +15,9 @@ from digitlab.predict import Predictor
 def test_a_registered_model_trains_saves_reloads_and_runs_in_numpy(name, tiny_data, tmp_path):
     kind = models.get(name)
     assert kind.name == name and kind.description and len(kind.input_shape) in (1, 3)
-    config = kind.config(epochs=1, batch_size=64, validation_split=0.0, augment=False)
+    config = kind.config(
+        epochs=1, batch_size=64, validation_split=0.0, augment=False, numbers=128
+    )  # numbers: only a number reader composes them
     result = training.train(config, tiny_data, report=lambda line: None, verbose=0)
     assert result.input_shape == kind.input_shape
     files = datasets.DataFiles(
@@ -27,6 +29,11 @@ def test_a_registered_model_trains_saves_reloads_and_runs_in_numpy(name, tiny_da
     folder = artifacts.save_run(result, files, x_test, y_test, root=tmp_path)
     assert (folder / "inference.npz").is_file(), f"{name} has layers the NumPy runtime lacks"
     fast, keras_model = Predictor.from_run(folder), Predictor.from_run(folder, use_keras=True)
+    if kind.reads == "number":  # its inputs are number strips, its output one row per step
+        strips = result.numbers.strips[:32, ..., None].astype(np.float32) / 255
+        np.testing.assert_allclose(fast.forward(strips), keras_model.forward(strips), atol=1e-5)
+        assert fast.reads_numbers and fast.read_strips([]) == []
+        return
     np.testing.assert_allclose(
         fast.predict_digits(x_test), keras_model.predict_digits(x_test), atol=1e-5
     )
@@ -53,7 +60,7 @@ def test_a_kind_fills_only_what_the_caller_left_out():
 
 
 def test_an_unknown_model_is_a_clear_error():
-    with pytest.raises(models.DigitlabError, match="unknown model 'rnn': choose one of mlp, cnn"):
+    with pytest.raises(models.DigitlabError, match="unknown model 'rnn': choose one of mlp, cnn, reader"):
         models.get("rnn")
 
 
@@ -75,7 +82,7 @@ def test_adding_a_kind_is_one_entry_and_the_cli_lists_it(monkeypatch):
 
     reloaded = importlib.reload(cli_module)  # options are built from the registry at import
     try:
-        help_text = CliRunner().invoke(reloaded.cli, ["train", "--help"]).output
+        help_text = " ".join(CliRunner().invoke(reloaded.cli, ["train", "--help"]).output.split())
         assert "tiny: a test's one-layer model" in help_text
         assert "tiny 2" in help_text  # its epochs default, listed beside the others'
     finally:

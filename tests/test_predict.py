@@ -93,7 +93,7 @@ def test_predict_command_plain_json_errors_and_inputs(mnist_run, test_digits, tm
     records = [json.loads(line) for line in as_json.stdout.strip().splitlines()]
     good = [r for r in records if "error" not in r]
     assert [set(r) for r in good] == [
-        {"path", "label", "label_name", "confidence", "probabilities"}
+        {"path", "label", "label_name", "confidence", "probabilities", "is_digit", "digit_score"}
     ] * 3
     for record in good:
         DigitAnswer.model_validate({key: v for key, v in record.items() if key != "path"})
@@ -192,3 +192,55 @@ def test_predict_explain_writes_a_sheet(mnist_run, test_digits, tmp_path):
     assert "explanations saved to" in result.stderr
     width, height = Image.open(sheet).size
     assert height > width  # one row per digit: input, then the map
+
+
+def rejecting_predictor(not_a_digit: float) -> Predictor:
+    """A stand-in digit model with a "not a digit" output: it always answers 7 with the rest
+    of its probability, and ``not_a_digit`` on the 11th output; threshold 0.5."""
+
+    def forward(inputs: np.ndarray) -> np.ndarray:
+        output = np.full((len(inputs), 11), (1 - not_a_digit) * 0.02)
+        output[:, 7] = (1 - not_a_digit) * 0.82
+        output[:, 10] = not_a_digit
+        return output
+
+    manifest = {"model": "stand-in", "rejection": {"score": "1 - P(not a digit)", "threshold": 0.5}}
+    return Predictor(forward, (28, 28, 1), manifest=manifest)
+
+
+@pytest.mark.parametrize("not_a_digit, is_digit", [(0.9, False), (0.1, True)])
+def test_every_digit_answer_says_whether_it_looks_like_a_digit(not_a_digit, is_digit, test_digits):
+    x_test, _ = test_digits
+    [answer] = rejecting_predictor(not_a_digit).predict([x_test[0]])
+    record = answer.to_dict()
+    DigitAnswer.model_validate(record)
+    assert record["is_digit"] is is_digit
+    assert record["label"] == 7  # the likeliest digit is still there for those who want it
+    assert sum(record["probabilities"]) == pytest.approx(1)  # over the 10 digits
+    assert record["digit_score"] == pytest.approx(1 - not_a_digit)
+
+
+def test_the_cli_prints_not_a_digit(test_digits, tmp_path, monkeypatch):
+    x_test, _ = test_digits
+    Image.fromarray(255 - x_test[0]).save(tmp_path / "scribble.png")
+    monkeypatch.setattr(
+        Predictor, "from_run", classmethod(lambda cls, *a, **k: rejecting_predictor(0.9))
+    )
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "scribble.png")])
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout.strip() == f"{tmp_path / 'scribble.png'}: not a digit (most like 7 (82.0%))"
+    )
+    record = json.loads(
+        CliRunner().invoke(cli, ["predict", "--json", str(tmp_path / "scribble.png")]).stdout
+    )
+    assert record["is_digit"] is False and record["label"] == 7
+
+
+def test_a_run_without_a_rule_answers_without_is_digit(mnist_run, test_digits):
+    """Runs trained before the rule existed have none: their answers carry no is_digit."""
+    x_test, _ = test_digits
+    predictor = Predictor.from_run(mnist_run)
+    predictor.manifest = {k: v for k, v in predictor.manifest.items() if k != "rejection"}
+    [answer] = predictor.predict([x_test[0]])
+    assert "is_digit" not in answer.to_dict()

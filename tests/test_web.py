@@ -367,3 +367,43 @@ def test_uploads_still_arriving_are_bounded_and_hold_no_prediction_slot():
     assert b"too many uploads" in sent["second"][1]["body"]
     assert sent["slow"][0]["status"] == 408  # and it timed out
     assert predicted == [] and guard.receiving == 0 and guard.in_flight == 0
+
+
+NUMBER_STROKES = [  # "17" on the wide number pad, in its 0-1 box
+    [(0.30, 0.15), (0.29, 0.85)],
+    [(0.50, 0.18), (0.72, 0.18), (0.58, 0.85)],
+]
+
+
+@pytest.mark.slow
+def test_write_a_number_in_chromium(mnist_run, reader_run, browser, tmp_path):
+    """The page's number mode with a number reader: a wide pad, the number read whole, each
+    digit with its confidence, and the strip the reader saw, as a person sees them."""
+    log = tmp_path / "serve.log"
+    with serving(mnist_run, log, "--reader", str(reader_run)) as (url, _):
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(url)
+        page.wait_for_function(
+            "document.getElementById('model-info').textContent.includes('number reader')"
+        )
+        page.locator("#number").check()
+        pad = page.locator("#pad").bounding_box()
+        assert pad["width"] / pad["height"] == pytest.approx(560 / 200, rel=0.05)
+        draw(page, NUMBER_STROKES)
+        page.wait_for_function(
+            "document.getElementById('label').textContent === '17'", timeout=10_000
+        )
+        assert "number reader" in page.locator("#reader").text_content()
+        assert page.locator("#number-digits li").count() == 2
+        seen = page.locator("#seen")
+        assert seen.evaluate("img => img.complete && img.naturalWidth === 224")
+        box = seen.bounding_box()
+        assert box["width"] / box["height"] == pytest.approx(224 / 28, rel=0.05)
+        shots = Path(os.environ.get("DIGITLAB_SCREENSHOTS", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "number-17.png"))
+        page.locator("#number").uncheck()  # back to one digit: a square pad, cleared
+        pad = page.locator("#pad").bounding_box()
+        assert pad["width"] == pytest.approx(pad["height"], rel=0.02)
+        assert page.locator("#label").text_content() == "\u2013"
+    assert "numbers read by the number reader" in log.read_text()

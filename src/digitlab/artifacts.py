@@ -4,7 +4,8 @@ loaded as untrusted input.
 A run folder holds ``model.keras``, ``inference.npz`` (the NumPy copy, ``runtime``),
 ``metrics.json`` (the manifest: config, seed, history, metrics, data checksums, library
 versions, label names, input shape), ``predictions.png``, ``history.png`` and ``report.html``.
-``runs/latest`` points at the newest. ``save_run`` is the one place that writes them.
+``runs/latest`` points at the newest digit model, ``runs/latest-reader`` at the newest number
+reader. ``save_run`` is the one place that writes them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from digitlab import DigitlabError, __version__, config, runtime
+from digitlab import DigitlabError, __version__, config, models, runtime
 from digitlab.fileio import atomic_path, atomic_write_text, leftover_name, point_symlink, umask
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_PLOT = "predictions.png"
 HISTORY_PLOT = "history.png"
-LATEST = "latest"
+LATEST = "latest"  # the newest digit model: what `predict`, `serve` and `evaluate` use
+LATEST_READER = "latest-reader"  # the newest number reader: what reads written numbers
 PREPROCESSING = "uint8 (N, 28, 28) / 255 -> float32 in [0, 1], reshaped to input_shape"
 
 
@@ -77,20 +79,30 @@ def build_manifest(result: TrainResult, files: DataFiles) -> dict:
             }
             for layer in result.model.layers
         ],
+        "reads": models.get(result.config.model).reads,
+        "rejection": result.rejection,  # the "not a digit" rule; None for a number reader
         "history": result.history,
         "best_epoch": result.best_epoch,  # the epoch whose weights were kept; None: the last
         "stopped_after": result.stopped_after,  # set when early stopping ended training
         "epoch_seconds": result.epoch_seconds,
         "train_seconds": result.train_seconds,
         "metrics": {**result.metrics, "overfitting_gap": result.overfitting_gap},
-        "first_predictions": {
-            "labels": result.first_labels,
-            "confidences": result.first_confidences,
-        },
+        "first_predictions": _first_predictions(result),
         "data_sha256": files.sha256,
         "data_source": files.source,
         "versions": library_versions(),
     }
+
+
+def _first_predictions(result: TrainResult) -> dict:
+    if result.numbers is not None:  # a number reader: the first test numbers and readings
+        shown = len(result.first_confidences)
+        return {
+            "texts": result.numbers.texts[:shown],
+            "readings": result.numbers.readings[:shown],
+            "confidences": result.first_confidences,
+        }
+    return {"labels": result.first_labels, "confidences": result.first_confidences}
 
 
 def save_model(model: keras.Model, folder: Path) -> None:
@@ -131,29 +143,36 @@ def save_run(
     name = _free_run_name(root, result.config.model)
     temporary = Path(tempfile.mkdtemp(prefix=leftover_name(name), suffix=".tmp", dir=root))
 
+    if result.numbers is not None:
+        data = reports.NumberReportData(manifest, result.numbers)
+    else:
+        data = reports.ReportData(manifest, test_images, test_labels, result.test_probabilities)
+
     def write_report(run_name: str) -> None:
-        reports.build_report(
-            temporary,
-            manifest,
-            test_images,
-            test_labels,
-            result.test_probabilities,
-            progress=progress,
-            run_name=run_name,
-        )
+        reports.build_report(temporary, manifest, data, progress=progress, run_name=run_name)
 
     try:
         save_model(result.model, temporary)
         write_manifest(temporary, manifest)
-        shown = len(result.first_labels)
-        reports.plot_predictions(
-            test_images[:shown],
-            test_labels[:shown],
-            result.first_labels,
-            temporary / PREDICTIONS_PLOT,
-            files.spec.label_names,
-            confidences=result.first_confidences,
-        )
+        shown = len(result.first_confidences)
+        if result.numbers is not None:
+            numbers = result.numbers
+            reports.plot_readings(
+                numbers.strips[:shown],
+                numbers.texts[:shown],
+                numbers.readings[:shown],
+                result.first_confidences,
+                temporary / PREDICTIONS_PLOT,
+            )
+        else:
+            reports.plot_predictions(
+                test_images[:shown],
+                test_labels[:shown],
+                result.first_labels,
+                temporary / PREDICTIONS_PLOT,
+                files.spec.label_names,
+                confidences=result.first_confidences,
+            )
         reports.plot_history(
             result.history,
             temporary / HISTORY_PLOT,
@@ -166,7 +185,7 @@ def save_run(
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     final = _publish(temporary, root, name, result.config.model, write_report)
-    mark_latest(final)
+    mark_latest(final, manifest["reads"])
     return final
 
 
@@ -226,8 +245,15 @@ def check_writable(root: Path | None = None) -> Path:
     return root
 
 
-def mark_latest(run_dir: Path) -> None:
-    point_symlink(run_dir.parent / LATEST, run_dir.name)
+def mark_latest(run_dir: Path, reads: str = "digit") -> None:
+    """Point ``latest`` (a digit model) or ``latest-reader`` (a number reader) at a run."""
+    point_symlink(run_dir.parent / (LATEST_READER if reads == "number" else LATEST), run_dir.name)
+
+
+def latest_reader() -> Path | None:
+    """The newest number reader in the runs folder, if one was trained."""
+    link = config.runs_dir() / LATEST_READER
+    return resolve_run(link) if link.exists() else None
 
 
 def resolve_run(run: Path | None = None) -> Path:
@@ -283,7 +309,9 @@ def load_run(run: Path | None = None) -> Run:
     folder = resolve_run(run)
     manifest = read_manifest(folder)
     try:
-        model = keras.saving.load_model(folder / MODEL_FILE, safe_mode=True)
+        # compile=False: digitlab only predicts with a loaded model (and the reader's loss is
+        # a digitlab function, which safe mode would not load)
+        model = keras.saving.load_model(folder / MODEL_FILE, safe_mode=True, compile=False)
     except Exception as error:  # Keras raises many types for a damaged file
         raise DigitlabError(
             f"cannot load {folder / MODEL_FILE}: damaged or not a Keras model "

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from digitlab.config import IMAGE_SIDE
 
 CHUNK = 512  # digits per vectorised step: the gathers stay in cache (60,000 at once: 5x slower)
 
@@ -85,3 +89,102 @@ def transform(
     upper = flat[top_left] * (1 - weight_x) + flat[top_left + 1] * weight_x
     lower = flat[bottom_left] * (1 - weight_x) + flat[bottom_left + 1] * weight_x
     return (upper * (1 - weight_y) + lower * weight_y) * np.float32(1 / 255)
+
+
+# ------------------------------------------------- how other people's handwriting differs
+# Each turns one digit, (28, 28) float in [0, 1] light on dark, into how another writer, pen or
+# scanner would have given it. Training applies one to a share of the digits of each batch;
+# benchmarks/robustness.py measures each on MNIST's test digits, separately.
+
+
+def _stretch(image: np.ndarray) -> np.ndarray:
+    """Ink back to full strength, as preprocessing does for a faint or blurred digit."""
+    top = float(image.max())
+    return image / top if top > 0 else image
+
+
+def low_resolution(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scanned small: the digit 8-16 px tall (MNIST's are 20), then enlarged back."""
+    height = rng.uniform(8, 16)
+    side = max(2, round(IMAGE_SIDE * height / 20))
+    small = Image.fromarray(image, "F").resize((side, side), Image.Resampling.BOX)
+    return np.asarray(small.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR))
+
+
+def heavy_blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return _stretch(ndimage.gaussian_filter(image, rng.uniform(1.0, 1.8)))
+
+
+def thick_marker(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return ndimage.grey_dilation(image, size=(3, 3) if rng.random() < 0.5 else (2, 2))
+
+
+def thin_pen(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A ballpoint: the stroke about a pixel wide, the line kept where erosion would cut it."""
+    thinned = ndimage.grey_erosion(image, size=(2, 2))
+    return np.maximum(thinned, image * (image > 0.85) * 0.6)
+
+
+def slant(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Leaning right or left by 10-25 degrees (a shear about the centre)."""
+    shear = np.tan(np.deg2rad(rng.uniform(10, 25))) * rng.choice([-1, 1])
+    centre = (IMAGE_SIDE - 1) / 2
+    # output (row, column) reads input (row, column + shear * (row - centre))
+    return ndimage.affine_transform(
+        image, np.array([[1.0, 0.0], [shear, 1.0]]), offset=(0.0, -shear * centre), order=1
+    )
+
+
+def elastic(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Simard et al.'s elastic distortion: a smooth random displacement field (sigma 4 px,
+    up to ~2.5 px of movement), the wobble of a different hand."""
+    fields = [
+        ndimage.gaussian_filter(rng.uniform(-1, 1, image.shape), 4.0) * rng.uniform(20, 34)
+        for _ in range(2)
+    ]
+    rows, columns = np.mgrid[0:IMAGE_SIDE, 0:IMAGE_SIDE].astype(np.float32)
+    return ndimage.map_coordinates(image, [rows + fields[0], columns + fields[1]], order=1)
+
+
+def broken_strokes(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A dry pen or a faint scan: 2-4 short gaps cut across the strokes."""
+    broken = image.copy()
+    ink = np.argwhere(image > 0.5)
+    if len(ink) == 0:
+        return broken
+    for row, column in ink[rng.choice(len(ink), size=int(rng.integers(2, 5)))]:
+        broken[max(row - 1, 0) : row + 1, max(column - 1, 0) : column + 1] = 0
+    return broken
+
+
+def hollow_strokes(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Outlined strokes (a bubble font, a traced digit): the stroke's edges without its inside."""
+    thick = ndimage.grey_dilation(image, size=(3, 3))
+    inside = ndimage.grey_erosion(thick, size=(3, 3) if rng.random() < 0.5 else (2, 2))
+    return np.clip(thick - inside, 0, 1)
+
+
+HANDWRITING_CONDITIONS = {
+    "low_resolution": low_resolution,
+    "heavy_blur": heavy_blur,
+    "thick_marker": thick_marker,
+    "thin_pen": thin_pen,
+    "slant": slant,
+    "elastic": elastic,
+    "broken_strokes": broken_strokes,
+    "hollow_strokes": hollow_strokes,
+}
+
+
+def other_handwriting(
+    images: np.ndarray, rng: np.random.Generator, share: float = 0.5
+) -> np.ndarray:
+    """``share`` of the digits each given one of HANDWRITING_CONDITIONS, chosen at random.
+
+    (N, 28, 28) float32 in [0, 1] -> the same, changed in place and returned.
+    """
+    conditions = list(HANDWRITING_CONDITIONS.values())
+    for index in np.flatnonzero(rng.random(len(images)) < share):
+        condition = conditions[int(rng.integers(len(conditions)))]
+        images[index] = np.clip(condition(images[index], rng), 0, 1)
+    return images

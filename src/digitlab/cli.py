@@ -198,6 +198,13 @@ def _shown_default(value) -> str:
     default=None,
     help=f"Randomly shift, rotate and rescale training digits [default: {_per_model('augment')}].",
 )
+@click.option(
+    "--numbers",
+    default=None,
+    type=click.IntRange(min=1),
+    help="reader only: how many numbers to compose and train on (fewer: faster, less exact) "
+    f"[default: {models.get('reader').default('numbers'):,}].",
+)
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
 def train(
     model: str,
@@ -208,13 +215,15 @@ def train(
     validation_split: float | None,
     early_stopping: int | None,
     augment: bool | None,
+    numbers: int | None,
     summary: bool,
 ) -> None:
     """Run the tutorial: load, build, compile, scale, fit, predict, plot, evaluate.
 
     Options left out take the model's own defaults (shown per model). Writes a run folder
     runs/<time>-<model>/ (model.keras, inference.npz, metrics.json, predictions.png,
-    history.png, report.html) and points runs/latest at it.
+    history.png, report.html) and points runs/latest at it (a number reader:
+    runs/latest-reader, which `predict --number` and `serve` use).
     """
     from digitlab import artifacts, datasets, training
 
@@ -226,7 +235,10 @@ def train(
         validation_split=validation_split,
         early_stopping=early_stopping,
         augment=augment,
+        numbers=numbers,
     )
+    if numbers is not None and models.get(model).reads != "number":
+        raise click.UsageError("--numbers only goes with a number reader (--model reader)")
     artifacts.check_writable()  # before the training, not after it
     files = datasets.ensure(dataset, report=_echo_error)
     data = datasets.to_arrays(files)
@@ -234,9 +246,10 @@ def train(
         models.build(config.model).summary(print_fn=lambda line, **_: click.echo(line))
     result = training.train(config, data, report=click.echo, data_origin=files.origin)
     _, (x_test, y_test) = data
-    from digitlab.reports import SECTIONS
+    from digitlab.reports import NUMBER_SECTIONS, SECTIONS
 
-    with _progress("building report", len(SECTIONS)) as step:
+    sections = NUMBER_SECTIONS if result.numbers is not None else SECTIONS
+    with _progress("building report", len(sections)) as step:
         folder = artifacts.save_run(result, files, x_test, y_test, progress=step)
     click.echo(f"run saved to {folder}/ (model.keras, metrics.json, predictions.png, history.png)")
     click.echo(f"report: {folder / 'report.html'}")
@@ -356,9 +369,8 @@ def report(run_dir: Path | None) -> None:
     _echo_error(f"predicting {len(x_test):,} test digits ...")
     probabilities = predictor.predict_digits(x_test)
     with _progress("building report", len(reports.SECTIONS)) as step:
-        path = reports.build_report(
-            predictor.folder, predictor.manifest, x_test, y_test, probabilities, progress=step
-        )
+        data = reports.ReportData(predictor.manifest, x_test, y_test, probabilities)
+        path = reports.build_report(predictor.folder, predictor.manifest, data, progress=step)
     click.echo(path)
 
 
@@ -482,11 +494,15 @@ def _read_stdin() -> bytes:
 
 def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
     if hasattr(answer, "text"):
-        return f"{name}: {answer.text} ({answer.confidence:.1%} that every digit is right)"
+        return (
+            f"{name}: {answer.text or '(no digits)'} ({answer.confidence:.1%} that every digit "
+            f"is right; {answer.reader})"
+        )
     ranked = sorted(range(len(answer.probabilities)), key=lambda k: -answer.probabilities[k])
-    return f"{name}: " + ", ".join(
-        f"{names[k]} ({answer.probabilities[k]:.1%})" for k in ranked[:top]
-    )
+    ranking = ", ".join(f"{names[k]} ({answer.probabilities[k]:.1%})" for k in ranked[:top])
+    if answer.is_digit is False:
+        return f"{name}: not a digit (most like {ranking})"
+    return f"{name}: {ranking}"
 
 
 @cli.command()
@@ -504,13 +520,22 @@ def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
     "as_json",
     is_flag=True,
     help='One JSON object per line: {"path", "label", "label_name", "confidence", '
-    '"probabilities"}; with --number {"path", "text", "confidence", "digits": [...]}; '
-    'for an unreadable image {"path", "error"}.',
+    '"probabilities"}; with --number {"path", "text", "confidence", "reader", "digits": '
+    '[... each with its "x" in the image]}; for an unreadable image {"path", "error"}.',
 )
 @click.option(
     "--number",
     is_flag=True,
-    help="Each image holds a written number: read each digit, print the string.",
+    help="Each image holds a written number (1-10 digits): read it whole. Uses the number "
+    "reader: --reader, else --run if it is one, else the newest one (runs/latest-reader); "
+    "without one, cuts the number into ink blobs and reads each with the digit model.",
+)
+@click.option(
+    "--reader",
+    "reader",
+    metavar="RUN|segment",
+    help="With --number: the number reader run to use, or 'segment' for blob segmentation "
+    "with the digit model.",
 )
 @click.option(
     "--show-input",
@@ -529,6 +554,7 @@ def predict(
     top: int,
     as_json: bool,
     number: bool,
+    reader: str | None,
     show_input: Path | None,
     explain: Path | None,
 ) -> None:
@@ -543,7 +569,20 @@ def predict(
     from digitlab.predict import Predictor
     from digitlab.preprocess import ImageError
 
-    predictor = Predictor.from_run(run_dir)
+    if reader is not None and not number:
+        raise click.UsageError("--reader only goes with --number")
+    predictor = Predictor.for_numbers(run_dir, reader) if number else Predictor.from_run(run_dir)
+    number = number or predictor.reads_numbers
+    if explain is not None and predictor.reads_numbers:
+        raise DigitlabError(
+            "--explain maps one digit model's answers; the number reader reads whole strips "
+            "(use --reader segment, or a digit model's --run)"
+        )
+    if number and not as_json:  # (each JSON answer names its "reader")
+        how = "with" if predictor.reads_numbers else "by blob segmentation with"
+        _echo_error(f"reading numbers {how} {predictor.description}")
+        if not predictor.reads_numbers and reader is None:
+            _echo_error("  (no number reader trained: `digitlab train --model reader` makes one)")
     names = _expand_inputs(paths)
     sources = []
     for name in names:
@@ -551,7 +590,7 @@ def predict(
             sources.append((name, _read_stdin() if name == STDIN else Path(name)))
         except ImageError as error:
             sources.append((name, error))
-    failures, seen = 0, []
+    failures, seen, strips = 0, [], []
     # A bar on the terminal (standard error) for long folders; plain output stays clean.
     long_run = len(names) >= 100 and sys.stderr.isatty()
     with click.progressbar(
@@ -570,14 +609,15 @@ def predict(
                     click.echo(f"{name}: error: {answer.reason}", err=True)
                 continue
             seen.extend([d.input for d in answer.digits] if number else [answer.input])
+            strips.extend([answer.input] if number and answer.strip is not None else [])
             if as_json:
                 click.echo(json.dumps({"path": name, **answer.to_dict()}))
             else:
                 click.echo(_plain_line(name, answer, top, predictor.label_names))
-    if show_input is not None and seen:
+    if show_input is not None and (seen or strips):
         from digitlab.reports import save_inputs
 
-        save_inputs(seen, show_input)
+        save_inputs(strips or seen, show_input, columns=1 if strips else 10)
         _echo_error(f"model inputs saved to {show_input}")
     if explain is not None and seen:
         from digitlab.reports import save_explanations
@@ -630,8 +670,16 @@ SERVE_DEFAULTS = ServeConfig()
     metavar="SECONDS",
     help="A request body must arrive within this time, else 408.",
 )
+@click.option(
+    "--reader",
+    "reader",
+    metavar="RUN|segment",
+    help="The number reader for the page's number mode and ?number=true [default: the newest, "
+    "runs/latest-reader; without one, or with 'segment': blob segmentation].",
+)
 def serve(
     run_dir: Path | None,
+    reader: str | None,
     host: str,
     port: int,
     max_body_mb: float,
@@ -654,13 +702,20 @@ def serve(
 
     _check_can_listen(host, port)
     predictor = Predictor.from_run(run_dir)
+    if predictor.reads_numbers:
+        raise DigitlabError(
+            f"{predictor.folder} is a number reader: give it as --reader, and a digit model "
+            "(or none: runs/latest) as --run"
+        )
+    number_reader = Predictor.for_numbers(None, reader)
+    number_reader = number_reader if number_reader.reads_numbers else None
     limits = dataclasses.replace(
         SERVE_DEFAULTS,
         max_body_bytes=int(max_body_mb * 2**20),
         max_concurrent=max_concurrent,
         body_timeout_seconds=body_timeout,
     )
-    app = create_app(predictor, limits)
+    app = create_app(predictor, limits, number_reader)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
     # A malformed form is answered 400/422 with its reason; the parser's own warning per
     # request would only repeat it in the log.
@@ -671,7 +726,8 @@ def serve(
     gc.freeze()
     click.echo(
         f"serving {predictor.manifest['model']} from "
-        f"{predictor.manifest['dataset']} on http://{host}:{port}/",
+        f"{predictor.manifest['dataset']} on http://{host}:{port}/; numbers read by "
+        + (f"the number reader {number_reader.folder}" if number_reader else "blob segmentation"),
         err=True,
     )
     try:

@@ -15,6 +15,10 @@ IMAGE_SIDE = 28  # MNIST's digits are 28x28 pixels
 NUM_CLASSES = 10  # the digits 0-9
 DIGIT_LABELS = tuple(str(digit) for digit in range(NUM_CLASSES))
 PREDICTIONS_SHOWN = 20  # the tutorial predicts and plots the first 20 test digits
+# The number reader's input: a whole written number 20 px tall (MNIST's box) in a strip 28 px
+# tall like MNIST's digits, with room for about ten digits side by side.
+STRIP_WIDTH = 224
+STRIP_MARGIN = 4  # black columns before the number (and at least as many after it)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,15 @@ class TrainConfig:
     # Steps compiled into one XLA call: 32 cuts Python overhead per step, measured 1.8 -> 1.4 s
     # per MLP epoch on 2 cores, and changes no result (the same updates, in the same order).
     steps_per_execution: int = 32
+    # With augment: the share of digits given another writer's pen, scan or slant
+    # (augment.HANDWRITING_CONDITIONS), one condition each.
+    handwriting_share: float = 0.0
+    # A model with a "not a digit" output: non-digits added to each batch, per digit.
+    non_digit_share: float = 0.0
+    # The number reader only: how many numbers it composes to train on (each 1-10 digits), and
+    # the share of them photographed and read back as a person's photo would be.
+    numbers: int = 40_000
+    photo_share: float = 0.15
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,6 +3,7 @@ calibration, and the sentences the CLI and the report build from them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,3 +119,44 @@ def prediction_lines(true_labels, predicted, first_index: int = 0) -> list[str]:
         + " ".join(str(int(p)) for p in predicted)
         + f"   ({right} of {len(predicted)} right)",
     ]
+
+
+# ------------------------------------------------------------------------- whole numbers
+
+
+def edit_distance(first: str, second: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions turning one into the other."""
+    previous = list(range(len(second) + 1))
+    for row, a in enumerate(first, 1):
+        current = [row]
+        for column, b in enumerate(second, 1):
+            current.append(
+                min(previous[column] + 1, current[-1] + 1, previous[column - 1] + (a != b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def number_scores(truth: Sequence[str], read: Sequence[str]) -> dict[str, float]:
+    """How well numbers were read: ``exact`` (the whole number right), ``digit_accuracy``
+    (1 - edits needed / digits written: a missed, extra or wrong digit each cost one) and
+    ``right_length``."""
+    count = max(len(truth), 1)
+    edits = sum(edit_distance(t, r) for t, r in zip(truth, read, strict=True))
+    return {
+        "numbers": len(truth),
+        "exact": sum(t == r for t, r in zip(truth, read, strict=True)) / count,
+        "digit_accuracy": 1 - edits / max(sum(len(t) for t in truth), 1),
+        "right_length": sum(len(t) == len(r) for t, r in zip(truth, read, strict=True)) / count,
+    }
+
+
+def number_scores_by_length(truth: Sequence[str], read: Sequence[str]) -> dict[int, dict]:
+    lengths = sorted({len(t) for t in truth})
+    return {
+        length: number_scores(
+            [t for t in truth if len(t) == length],
+            [r for t, r in zip(truth, read, strict=True) if len(t) == length],
+        )
+        for length in lengths
+    }

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from digitlab import DigitlabError
-from digitlab.config import IMAGE_SIDE, NUM_CLASSES
+from digitlab.config import IMAGE_SIDE, NUM_CLASSES, STRIP_WIDTH
 
 SHORT = 200  # characters in a name, a date or a label
 PIXELS = IMAGE_SIDE * IMAGE_SIDE
+STRIP_PIXELS = IMAGE_SIDE * STRIP_WIDTH  # a number reader's input
 
 
 def _printable(value: str) -> str:
@@ -41,6 +43,12 @@ class RunConfig(BaseModel):
     batch_size: int = Field(ge=1, le=10_000_000)
 
 
+class Rejection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    score: str = Field(max_length=SHORT)
+    threshold: float = Field(ge=0, le=1)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=SHORT)
@@ -60,6 +68,9 @@ class Manifest(BaseModel):
     data_source: str = Field(default="", max_length=4096)
     versions: dict[str, str] = Field(default_factory=dict)
     layers: list[dict] = Field(default_factory=list)
+    # "digit": reads one digit per image; "number": a number reader, reads whole numbers
+    reads: Literal["digit", "number"] = "digit"
+    rejection: Rejection | None = None  # the "not a digit" rule of a digit model
 
     @field_validator("model", "dataset", "created")
     @classmethod
@@ -78,8 +89,11 @@ class Manifest(BaseModel):
     @field_validator("input_shape")
     @classmethod
     def _shape(cls, shape: list[int]) -> list[int]:
-        if any(side < 1 for side in shape) or math.prod(shape) != PIXELS:
-            raise ValueError(f"must hold the {PIXELS} pixels of a 28x28 digit, e.g. [784]")
+        if any(side < 1 for side in shape) or math.prod(shape) not in (PIXELS, STRIP_PIXELS):
+            raise ValueError(
+                f"must hold the {PIXELS} pixels of a 28x28 digit (e.g. [784]) or the "
+                f"{STRIP_PIXELS} of a 28x{STRIP_WIDTH} number strip"
+            )
         return shape
 
 

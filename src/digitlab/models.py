@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitlab import DigitlabError
-from digitlab.config import IMAGE_SIDE, NUM_CLASSES, TrainConfig
+from digitlab.config import IMAGE_SIDE, NUM_CLASSES, STRIP_WIDTH, TrainConfig
 
 if TYPE_CHECKING:  # keras is imported inside the builders: it takes seconds to import
     import keras
@@ -30,6 +30,10 @@ class ModelKind:
     input_shape: tuple[int, ...]  # what one digit looks like to the model
     # TrainConfig fields that differ from the tutorial's defaults, each for a measured reason
     defaults: dict = field(default_factory=dict)
+    reads: str = "digit"  # "digit": one 28x28 digit; "number": a whole written number (a strip)
+    # An 11th output, "not a digit", trained on things that are not digits (letters, scribbles,
+    # shapes, noise: synthetic.non_digit_drawings)
+    rejects: bool = False
 
     def config(self, **overrides) -> TrainConfig:
         """This kind's TrainConfig: its defaults, then the ``overrides`` that are not None."""
@@ -85,7 +89,9 @@ register(
 )
 
 
-def _convolution(filters: int, kernel_size: int, strides: int = 1, padding: str = "same") -> list:
+def _convolution(
+    filters: int, kernel_size: int | tuple[int, int], strides: int = 1, padding: str = "same"
+) -> list:
     """Conv2D -> BatchNormalization -> ReLU (no bias: batch norm's offset does its job)."""
     import keras
 
@@ -117,7 +123,7 @@ def build_cnn(dropout_rate: float = 0.1) -> keras.Sequential:
             keras.layers.BatchNormalization(),
             keras.layers.ReLU(),
             keras.layers.Dropout(dropout_rate),
-            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+            keras.layers.Dense(NUM_CLASSES + 1, activation="softmax"),  # the digits, "not a digit"
         ],
         name="cnn",
     )
@@ -130,7 +136,12 @@ register(
         "schedule, 12 epochs: 99.5% on MNIST in about 3 minutes on 2 cores",
         build=build_cnn,
         input_shape=(IMAGE_SIDE, IMAGE_SIDE, 1),
+        rejects=True,
         defaults={
+            # of the digits in a batch, this share as another writer would have written them
+            # (augment.HANDWRITING_CONDITIONS: low resolution, blur, marker, slant, ...)
+            "handwriting_share": 0.4,
+            "non_digit_share": 0.12,  # non-digits added per digit, labelled "not a digit"
             "epochs": 12,  # 15 were no better in probes (99.39% vs 99.47%); ~13 s each on 2 cores
             "batch_size": 256,  # fewer, larger steps: 2 cores ran it ~15% faster than 128
             "validation_split": 1 / 12,  # 5,000 of MNIST's 60,000: the classic 55,000/5,000
@@ -144,7 +155,131 @@ register(
 )
 
 
+# The number reader's output: per time step (4 strip columns), "no digit here" (CTC's blank,
+# class 0) or a digit d (class d + 1).
+READER_CLASSES = NUM_CLASSES + 1
+READER_STEP_PIXELS = 4  # strip columns per time step: two stride-2 convolutions
+
+
+def build_reader() -> keras.Sequential:
+    """A convolutional number reader trained with CTC (connectionist temporal classification).
+
+    It reads a whole strip (a written number 20 px tall, ``preprocess.fit_strip``) into one
+    prediction per 4 columns, so digits need not be cut apart first: touching and overlapping
+    digits and narrow 1s are read where blob segmentation fails. Shi et al.'s CRNN puts a
+    recurrent layer on top; convolutions along the line (each step sees ~60 px, three digits)
+    did as well here and run in the NumPy runtime.
+
+    (28, 224, 1) -> (56, 11): per time step, blank or a digit. About 1.6 ms per number per
+    training step on 2 cores.
+    """
+    import keras
+
+    steps = STRIP_WIDTH // READER_STEP_PIXELS
+    return keras.Sequential(
+        [
+            keras.Input(shape=(IMAGE_SIDE, STRIP_WIDTH, 1)),
+            # few filters at full resolution: there the activations, not the weights, cost time
+            *_convolution(8, 3, strides=2),  # -> (14, 112, 8)
+            *_convolution(32, 3, strides=2),  # -> (7, 56, 32)
+            # each column of 7 cells -> 96 features: the height folded into the channels
+            *_convolution(96, (IMAGE_SIDE // 4, 1), padding="valid"),  # -> (1, 56, 96)
+            *_convolution(96, (1, 5)),  # along the line: each step sees its neighbours
+            *_convolution(96, (1, 5)),
+            keras.layers.Dropout(0.1),
+            keras.layers.Conv2D(READER_CLASSES, 1, activation="softmax"),  # -> (1, 56, 11)
+            keras.layers.Reshape((steps, READER_CLASSES)),
+        ],
+        name="reader",
+    )
+
+
+register(
+    ModelKind(
+        name="reader",
+        description="reads whole written numbers (1-10 digits, touching ones too), trained "
+        "with CTC on numbers composed from MNIST digits, in about 8 minutes on 2 cores",
+        build=build_reader,
+        input_shape=(IMAGE_SIDE, STRIP_WIDTH, 1),
+        reads="number",
+        defaults={
+            "epochs": 6,
+            "batch_size": 64,
+            "validation_split": 1 / 12,  # the digits of the validation numbers, as the CNN's
+            "learning_rate": 0.003,
+            "schedule": "warmup-cosine",
+        },
+    )
+)
+
+
+def ctc_loss(targets, probabilities):
+    """CTC loss of the reader's softmax output against digit targets (d + 1, padded with 0).
+
+    Keras' own CTC loss expects logits (it takes a log-softmax first, which flattens
+    probabilities into near-uniform ones and stalls training); log-probabilities are logits
+    of the same distribution. (N, max_length) int, (N, steps, 11) -> (N,) losses.
+    """
+    from keras import ops
+
+    targets = ops.cast(targets, "int32")
+    count, steps = ops.shape(probabilities)[0], ops.shape(probabilities)[1]
+    target_lengths = ops.sum(ops.cast(ops.not_equal(targets, 0), "int32"), axis=-1)
+    output_lengths = steps * ops.ones((count,), dtype="int32")
+    log_probabilities = ops.log(ops.clip(probabilities, 1e-7, 1.0))
+    return ops.ctc_loss(targets, log_probabilities, target_lengths, output_lengths, mask_index=0)
+
+
+@dataclass
+class ReadDigit:
+    label: int
+    step: int  # the time step where the reader is surest of it
+    probabilities: np.ndarray  # (10,) the digits' probabilities at that step, summing to 1
+
+
+def ctc_decode(probabilities: np.ndarray) -> list[list[ReadDigit]]:
+    """The reader's output -> the digits read, by best path (greedy) CTC decoding.
+
+    (N, steps, 11) -> per number, its digits left to right: the most likely class at each
+    step, repeats merged, blanks dropped. Each digit keeps the step where it was surest, and
+    there the digits' probabilities (the blank's share taken out).
+    """
+    numbers = []
+    for steps in np.asarray(probabilities):
+        best = steps.argmax(axis=1)
+        digits: list[ReadDigit] = []
+        previous = 0
+        for step, label in enumerate(best):
+            if label != 0 and label == previous and digits:
+                if steps[step, label] > steps[digits[-1].step, label]:
+                    digits[-1].step = step
+            elif label != 0:
+                digits.append(ReadDigit(int(label) - 1, step, np.zeros(NUM_CLASSES)))
+            previous = label
+        for digit in digits:
+            shares = steps[digit.step, 1:]
+            digit.probabilities = shares / max(float(shares.sum()), 1e-12)
+        numbers.append(digits)
+    return numbers
+
+
 # ------------------------------------------------------------------------ shared by the kinds
+
+
+def split_rejection(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A digit model's output -> (the digits' probabilities, how much each input looks like a
+    digit).
+
+    (N, 11) from a model with a "not a digit" output: the first 10 renormalised, and 1 - the
+    11th. (N, 10) from one without: as they are, and the top probability (a confident answer
+    is the only sign such a model gives).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape[-1] == NUM_CLASSES + 1:
+        digits = probabilities[:, :NUM_CLASSES]
+        digits = digits / np.maximum(digits.sum(axis=1, keepdims=True), 1e-12)
+        return digits, 1 - probabilities[:, NUM_CLASSES]
+    return probabilities, probabilities.max(axis=1)
 
 
 def compile_model(

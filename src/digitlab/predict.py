@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab import artifacts, preprocess, runtime
+from digitlab import DigitlabError, artifacts, preprocess, runtime
 from digitlab.config import DIGIT_LABELS, IMAGE_SIDE
 from digitlab.preprocess import ImageError
 
@@ -42,6 +42,11 @@ class Prediction:
     probabilities: list[float]
     input: np.ndarray  # (28, 28) uint8: what the model saw
     label_name: str = ""
+    x: float | None = None  # in a number: the digit's horizontal centre in the image (px)
+    # Whether it looks like a digit at all, by the run's "not a digit" rule (None: the run has
+    # none, or a number reader read it), and the score the rule compares with its threshold.
+    is_digit: bool | None = None
+    digit_score: float | None = None
 
     def to_dict(self, with_input: bool = False) -> dict:
         answer = {
@@ -50,15 +55,29 @@ class Prediction:
             "confidence": self.confidence,
             "probabilities": self.probabilities,
         }
+        if self.is_digit is not None:
+            answer["is_digit"] = self.is_digit
+            answer["digit_score"] = round(self.digit_score, 6)
+        if self.x is not None:
+            answer["x"] = round(self.x, 1)
         if with_input:
             answer["input_png"] = png_base64(self.input)
         return answer
+
+
+# How a number was read: by the number reader (a model trained on whole numbers), or by cutting
+# it into ink blobs and reading each with a digit model.
+NUMBER_READER = "number reader"
+SEGMENTATION = "segmentation"
+SEGMENT = "segment"  # Predictor.for_numbers(reader=SEGMENT): blob segmentation, no reader
 
 
 @dataclass
 class NumberPrediction:
     text: str
     digits: list[Prediction] = field(default_factory=list)
+    reader: str = SEGMENTATION
+    strip: np.ndarray | None = None  # (28, 224) uint8: what the number reader saw
 
     @property
     def confidence(self) -> float:
@@ -69,11 +88,21 @@ class NumberPrediction:
         answer = {
             "text": self.text,
             "confidence": self.confidence,
+            "reader": self.reader,
             "digits": [digit.to_dict(with_input) for digit in self.digits],
         }
-        if with_input:  # the digits side by side: a wrong reading of any length can be shown
-            answer["input_png"] = png_base64(np.hstack([d.input for d in self.digits]))
+        if with_input:  # what was read, so that a wrong reading of any length can be shown
+            answer["input_png"] = png_base64(self.input)
         return answer
+
+    @property
+    def input(self) -> np.ndarray:
+        """The reader's strip, or the digits' inputs side by side."""
+        if self.strip is not None:
+            return self.strip
+        if not self.digits:
+            return np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+        return np.hstack([digit.input for digit in self.digits])
 
 
 Answer = Prediction | NumberPrediction
@@ -90,11 +119,23 @@ class Predictor:
         manifest: dict | None = None,
         folder: Path | None = None,
     ):
-        self.forward = forward  # (N, *input_shape) float32 -> (N, 10) probabilities
+        # (N, *input_shape) float32 -> (N, 10) probabilities; a number reader's -> (N, 56, 11)
+        self.forward = forward
         self.input_shape = tuple(input_shape)
         self.label_names = list(label_names)
         self.manifest = manifest or {}
         self.folder = folder  # the run folder it came from, if any
+
+    @property
+    def reads_numbers(self) -> bool:
+        """A number reader: every image is read as a whole written number."""
+        return self.manifest.get("reads") == "number"
+
+    @property
+    def description(self) -> str:
+        """Which model answers, for people: "the cnn of runs/20261129-101500-cnn"."""
+        model = self.manifest.get("model", "model")
+        return f"the {model} of {self.folder}" if self.folder else f"the {model}"
 
     @classmethod
     def from_run(cls, run: Path | None = None, use_keras: bool = False) -> Predictor:
@@ -110,27 +151,67 @@ class Predictor:
             forward = artifacts.load_run(folder).model.predict_on_batch
         return cls(forward, input_shape, manifest["label_names"], manifest, folder)
 
+    @classmethod
+    def for_numbers(
+        cls, run: Path | None = None, reader: Path | str | None = None, use_keras: bool = False
+    ) -> Predictor:
+        """What reads written numbers: the number reader ``reader``; with ``reader`` None,
+        ``run`` if it is a number reader, else the newest number reader (``runs/latest-reader``),
+        else blob segmentation with the digit model ``run`` (default ``runs/latest``). With
+        ``reader="segment"``, always blob segmentation with the digit model."""
+        if reader == SEGMENT:
+            return cls.from_run(run, use_keras)
+        if reader is not None:
+            chosen = cls.from_run(Path(reader), use_keras)
+            if not chosen.reads_numbers:
+                raise DigitlabError(
+                    f"{chosen.folder} is a {chosen.manifest.get('model')} (one digit per image), "
+                    "not a number reader"
+                )
+            return chosen
+        if run is not None:
+            return cls.from_run(run, use_keras)
+        newest = artifacts.latest_reader()
+        return cls.from_run(newest, use_keras) if newest else cls.from_run(None, use_keras)
+
     def predict_digits(self, digits: np.ndarray) -> np.ndarray:
         """(N, 28, 28) uint8 MNIST-style digits -> (N, 10) probabilities."""
-        from digitlab.models import prepare
+        return self.scored_digits(digits)[0]
+
+    def scored_digits(self, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 28, 28) uint8 MNIST-style digits -> ((N, 10) probabilities, (N,) how much each
+        looks like a digit: ``models.split_rejection``)."""
+        from digitlab.models import prepare, split_rejection
 
         digits = np.asarray(digits)
         if len(digits) == 0:
-            return np.zeros((0, len(self.label_names)), dtype=np.float64)
+            return np.zeros((0, len(self.label_names))), np.zeros(0)
         batches = [
             np.asarray(self.forward(prepare(digits[start : start + BATCH_SIZE], self.input_shape)))
             for start in range(0, len(digits), BATCH_SIZE)
         ]
-        return np.concatenate(batches).astype(np.float64)
+        return split_rejection(np.concatenate(batches))
 
-    def result_for(self, digit: np.ndarray, probabilities: np.ndarray) -> Prediction:
+    @property
+    def rejection_threshold(self) -> float | None:
+        """Below this digit score an input is "not a digit"; None if the run has no rule."""
+        rule = self.manifest.get("rejection")
+        return float(rule["threshold"]) if isinstance(rule, dict) else None
+
+    def result_for(
+        self, digit: np.ndarray, probabilities: np.ndarray, digit_score: float | None = None
+    ) -> Prediction:
         label = int(np.argmax(probabilities))
+        threshold = self.rejection_threshold
+        judged = digit_score is not None and threshold is not None
         return Prediction(
             label=label,
             confidence=float(probabilities[label]),
             probabilities=[round(float(p), 6) for p in probabilities],
             input=digit,
             label_name=self.label_names[label],
+            is_digit=bool(digit_score >= threshold) if judged else None,
+            digit_score=float(digit_score) if judged else None,
         )
 
     def predict(self, images: Iterable) -> list[Prediction]:
@@ -144,7 +225,36 @@ class Predictor:
 
     def predict_number(self, image) -> NumberPrediction:
         """An image of a written number (digits side by side) -> its text and each digit."""
-        return self._number([digit.image for digit in preprocess.prepare_number(image)])
+        if self.reads_numbers:
+            return self.read_strips([preprocess.prepare_strip(image)])[0]
+        return self._number(preprocess.prepare_number(image))
+
+    def read_strips(self, strips: list[preprocess.PreparedStrip]) -> list[NumberPrediction]:
+        """The number reader on prepared strips -> one NumberPrediction each."""
+        from digitlab.config import STRIP_WIDTH
+        from digitlab.models import READER_STEP_PIXELS, ctc_decode
+
+        if not strips:
+            return []
+        inputs = np.stack([strip.image for strip in strips])[..., None].astype(np.float32) / 255
+        outputs = np.concatenate(
+            [np.asarray(self.forward(inputs[start : start + BATCH_SIZE]))
+             for start in range(0, len(inputs), BATCH_SIZE)]
+        )  # fmt: skip
+        answers = []
+        for strip, digits in zip(strips, ctc_decode(outputs), strict=True):
+            results = []
+            for digit in digits:
+                centre = (digit.step + 0.5) * READER_STEP_PIXELS  # strip column of its step
+                left = int(np.clip(round(centre) - IMAGE_SIDE // 2, 0, STRIP_WIDTH - IMAGE_SIDE))
+                result = self.result_for(
+                    strip.image[:, left : left + IMAGE_SIDE], digit.probabilities
+                )
+                result.x = strip.source_x(centre)
+                results.append(result)
+            text = "".join(result.label_name for result in results)
+            answers.append(NumberPrediction(text, results, NUMBER_READER, strip.image))
+        return answers
 
     def predict_many(
         self, named: Iterable[tuple[str, object]], number: bool = False, chunk: int = CHUNK
@@ -157,13 +267,21 @@ class Predictor:
         named = list(named)
         for start in range(0, len(named), chunk):
             part = named[start : start + chunk]
-            prepared = preprocess.prepare_many([image for _, image in part], number=number)
+            if self.reads_numbers:
+                prepared = preprocess.prepare_many([image for _, image in part], "strip")
+                good = [item for item in prepared if not isinstance(item, ImageError)]
+                read = iter(self.read_strips(good))
+                for (name, _), item in zip(part, prepared, strict=True):
+                    yield name, item.naming(name) if isinstance(item, ImageError) else next(read)
+                continue
+            kind = "number" if number else "digit"
+            prepared = preprocess.prepare_many([image for _, image in part], kind)
             if number:
                 for (name, _), item in zip(part, prepared, strict=True):
                     if isinstance(item, ImageError):
                         yield name, item.naming(name)
                     else:
-                        yield name, self._number([digit.image for digit in item])
+                        yield name, self._number(item)
                 continue
             good = [item for item in prepared if not isinstance(item, ImageError)]
             results = iter(self._results(good))
@@ -201,9 +319,14 @@ class Predictor:
 
     def _results(self, digits: list[np.ndarray]) -> list[Prediction]:
         stacked = np.stack(digits) if digits else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
-        probabilities = self.predict_digits(stacked)
-        return [self.result_for(d, p) for d, p in zip(digits, probabilities, strict=True)]
+        probabilities, scores = self.scored_digits(stacked)
+        return [
+            self.result_for(digit, p, score)
+            for digit, p, score in zip(digits, probabilities, scores, strict=True)
+        ]
 
-    def _number(self, digits: list[np.ndarray]) -> NumberPrediction:
-        results = self._results(digits)
+    def _number(self, digits: list[preprocess.PreparedDigit]) -> NumberPrediction:
+        results = self._results([digit.image for digit in digits])
+        for result, digit in zip(results, digits, strict=True):
+            result.x = digit.centre_x
         return NumberPrediction("".join(r.label_name for r in results), results)

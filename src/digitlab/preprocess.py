@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from digitlab import DigitlabError
-from digitlab.config import IMAGE_SIDE
+from digitlab.config import IMAGE_SIDE, STRIP_MARGIN, STRIP_WIDTH
 
 MNIST_BOX = 20  # MNIST's makers scaled each digit's longer side to 20 px
 WORKING_MAX_SIDE = 512  # larger images are reduced first: enough for any pen line, and fast
@@ -70,7 +70,24 @@ class EmptyImageError(ImageError):
 @dataclass
 class PreparedDigit:
     image: np.ndarray  # (28, 28) uint8, light ink on black, like MNIST
-    box: tuple[int, int, int, int]  # where the digit was: left, top, right, bottom (working px)
+    box: tuple[int, int, int, int]  # where the digit was: left, top, right, bottom (source px)
+
+    @property
+    def centre_x(self) -> float:
+        return (self.box[0] + self.box[2]) / 2
+
+
+@dataclass
+class PreparedStrip:
+    image: np.ndarray  # (28, 224) uint8: the number, light ink on black, left-aligned
+    ink_width: int  # strip columns the number's ink fills, from STRIP_MARGIN on
+    ink_left: float = 0.0  # where the number's ink starts and ends in the source image (px)
+    ink_right: float = 0.0
+
+    def source_x(self, strip_x: float) -> float:
+        """A column of the strip -> the x-coordinate in the source image it came from."""
+        fraction = (strip_x - STRIP_MARGIN) / max(self.ink_width, 1)
+        return self.ink_left + fraction * (self.ink_right - self.ink_left)
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -375,14 +392,15 @@ def _crop_to_ink(image: np.ndarray, level: float = 0.05) -> np.ndarray:
     return image[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
 
 
-def stroke_thickness(image: np.ndarray) -> float:
-    """Stroke width relative to the longer side: 2 * ink area / ink perimeter / longer side."""
+def stroke_thickness(image: np.ndarray, side: int | None = None) -> float:
+    """Stroke width relative to ``side`` (default: the longer side): 2 * ink area / ink
+    perimeter / side."""
     mask = image > 0.5
     area = mask.sum()
     if area == 0:
         return 0.0
     perimeter = (mask & ~ndimage.binary_erosion(mask)).sum()
-    return float(2 * area / max(perimeter, 1) / max(image.shape))
+    return float(2 * area / max(perimeter, 1) / (side or max(image.shape)))
 
 
 def _disc(radius: int) -> np.ndarray:
@@ -390,18 +408,30 @@ def _disc(radius: int) -> np.ndarray:
     return x * x + y * y <= radius * radius + radius
 
 
-def match_stroke(digit: np.ndarray) -> np.ndarray:
+def _scale_height(image: np.ndarray, height: int) -> np.ndarray:
+    scale = height / image.shape[0]
+    return _resize(image, round(image.shape[1] * scale), height)
+
+
+def match_stroke(digit: np.ndarray, by_height: bool = False) -> np.ndarray:
     """Thicken a thin pen line (or thin a marker) towards MNIST's stroke, at 80 px.
 
-    A digit already within MNIST's range of stroke widths is returned as it is.
+    The stroke is measured against the digit's longer side, or with ``by_height`` against its
+    height (a whole written number, where the longer side is its width). A digit already within
+    MNIST's range of stroke widths is returned as it is.
     """
-    measured = (
-        digit if max(digit.shape) <= STROKE_CANVAS else _scale_longer_side(digit, STROKE_CANVAS)
-    )
-    relative = stroke_thickness(measured)
+    side = digit.shape[0] if by_height else max(digit.shape)
+
+    def at_stroke_canvas(image: np.ndarray) -> np.ndarray:
+        if by_height:
+            return _scale_height(image, STROKE_CANVAS)
+        return _scale_longer_side(image, STROKE_CANVAS)
+
+    measured = digit if side <= STROKE_CANVAS else at_stroke_canvas(digit)
+    relative = stroke_thickness(measured, measured.shape[0] if by_height else None)
     if THIN_STROKE <= relative <= THICK_STROKE:
         return digit
-    canvas = np.pad(_scale_longer_side(digit, STROKE_CANVAS), STROKE_CANVAS // 4)
+    canvas = np.pad(at_stroke_canvas(digit), STROKE_CANVAS // 4)
     if relative < THIN_STROKE:
         # Dilating by r widens the stroke by 2r and the digit's box by 2r too.
         width = relative * STROKE_CANVAS
@@ -431,22 +461,27 @@ def centre_by_mass(digit: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ pipelines
 
 
-def _clean(source) -> tuple[np.ndarray, np.ndarray]:
+def _clean(source) -> tuple[np.ndarray, np.ndarray, float]:
+    """(soft ink, labelled blobs, source pixels per working pixel) of an image."""
     gray = load(source)
     if min(gray.shape) < 2:
         raise EmptyImageError(
             f"no digit found: the image is {gray.shape[1]}x{gray.shape[0]} pixels"
         )
+    width = gray.shape[1]
     gray = reduce_size(gray)
     if min(gray.shape) < 2:
         raise EmptyImageError("no digit found: the image is too long and narrow to hold a digit")
-    return isolate_ink(flatten_background(ink_polarity(gray)))
+    return *isolate_ink(flatten_background(ink_polarity(gray))), width / gray.shape[1]
 
 
-def _finish(soft: np.ndarray, rows: slice, columns: slice, only: np.ndarray | None = None):
+def _finish(
+    soft: np.ndarray, rows: slice, columns: slice, factor: float, only: np.ndarray | None = None
+) -> PreparedDigit:
     digit = soft[rows, columns] * (1 if only is None else only[rows, columns])
     image = centre_by_mass(match_stroke(_crop_to_ink(digit)))
-    return PreparedDigit(image, (columns.start, rows.start, columns.stop, rows.stop))
+    box = (columns.start, rows.start, columns.stop, rows.stop)
+    return PreparedDigit(image, tuple(round(side * factor) for side in box))
 
 
 def _guarded(step, source):
@@ -464,9 +499,9 @@ def _guarded(step, source):
 
 
 def _one_digit(source) -> np.ndarray:
-    soft, blobs = _clean(source)
+    soft, blobs, factor = _clean(source)
     rows, columns = ndimage.find_objects((blobs > 0).astype(int))[0]
-    return _finish(soft, rows, columns).image
+    return _finish(soft, rows, columns, factor).image
 
 
 def prepare_image(source) -> np.ndarray:
@@ -519,8 +554,10 @@ def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
 
 
 def _digits_of_number(source) -> list[PreparedDigit]:
-    soft, blobs = _clean(source)
-    return [_finish(soft, rows, columns, only) for rows, columns, only in _group_blobs(blobs)]
+    soft, blobs, factor = _clean(source)
+    return [
+        _finish(soft, rows, columns, factor, only) for rows, columns, only in _group_blobs(blobs)
+    ]
 
 
 def prepare_number(source) -> list[PreparedDigit]:
@@ -528,16 +565,50 @@ def prepare_number(source) -> list[PreparedDigit]:
     return _guarded(_digits_of_number, source)
 
 
-def _prepare_or_error(source, number: bool = False):
+def fit_strip(ink: np.ndarray) -> tuple[np.ndarray, int]:
+    """A written number's ink (light on dark, float in [0, 1]) -> the number reader's input.
+
+    The stroke is matched to MNIST's against the number's height, the height scaled to 20 px
+    (or less, so that a long number fits the strip), and the number placed left-aligned,
+    vertically centred. Returns the (28, 224) uint8 strip and the columns its ink fills. The
+    reader's training numbers go through this same function.
+    """
+    ink = _crop_to_ink(match_stroke(_crop_to_ink(ink), by_height=True))
+    height, width = ink.shape
+    scale = min(MNIST_BOX / height, (STRIP_WIDTH - 2 * STRIP_MARGIN) / width)
+    fitted = _resize(ink, max(1, round(width * scale)), max(1, round(height * scale)))
+    strip = np.zeros((IMAGE_SIDE, STRIP_WIDTH), np.float32)
+    top = (IMAGE_SIDE - fitted.shape[0]) // 2
+    strip[top : top + fitted.shape[0], STRIP_MARGIN : STRIP_MARGIN + fitted.shape[1]] = fitted
+    return np.round(strip * 255).astype(np.uint8), fitted.shape[1]
+
+
+def _strip_of_number(source) -> PreparedStrip:
+    soft, blobs, factor = _clean(source)
+    ink = soft * (blobs > 0)
+    columns = np.flatnonzero(ink.max(axis=0) > 0.05)
+    image, ink_width = fit_strip(ink)
+    return PreparedStrip(image, ink_width, columns[0] * factor, (columns[-1] + 1) * factor)
+
+
+def prepare_strip(source) -> PreparedStrip:
+    """A written number, whole, as the number reader reads it (``fit_strip``)."""
+    return _guarded(_strip_of_number, source)
+
+
+PREPARERS = {"digit": prepare_image, "number": prepare_number, "strip": prepare_strip}
+
+
+def _prepare_or_error(source, kind: str = "digit"):
     try:
-        return prepare_number(source) if number else prepare_image(source)
+        return PREPARERS[kind](source)
     except ImageError as error:
         return error
 
 
-def prepare_many(sources: list, number: bool = False, workers: int | None = None) -> list:
-    """``prepare_image`` (or ``prepare_number``) for many images, in order; an unreadable one
-    gives its ImageError in its place.
+def prepare_many(sources: list, kind: str = "digit", workers: int | None = None) -> list:
+    """``prepare_image`` (or ``prepare_number``, ``prepare_strip``: ``kind`` is a key of
+    PREPARERS) for many images, in order; an unreadable one gives its ImageError in its place.
 
     Many images are spread over processes (one per core): preparing one takes ~2 ms of Python
     and NumPy, so two cores nearly double the rate. Few images are done here, without the
@@ -548,7 +619,7 @@ def prepare_many(sources: list, number: bool = False, workers: int | None = None
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or os.cpu_count() or 1
-    one = functools.partial(_prepare_or_error, number=number)
+    one = functools.partial(_prepare_or_error, kind=kind)
     if workers < 2 or len(sources) < 200:
         return [one(source) for source in sources]
     methods = multiprocessing.get_all_start_methods()

@@ -124,6 +124,61 @@ def plot_predictions(
     )
 
 
+def numbers_figure(
+    strips: np.ndarray,
+    texts: Sequence[str],
+    readings: Sequence[str],
+    confidences: Sequence[float],
+    indices: Sequence[int],
+    title: str,
+):
+    """Number strips (what the reader saw), each captioned with what it read; mistakes in red
+    with the true number."""
+    plt = _pyplot()
+    count = len(strips)
+    columns = 2 if count > 4 else 1
+    rows = max(1, -(-count // columns))
+    caption_band, gap = 14, 8
+    strip_height, strip_width = strips.shape[1:] if count else (IMAGE_SIDE, 1)
+    cell_width, cell_height = strip_width + gap, strip_height + caption_band
+    mosaic = np.zeros((rows * cell_height, columns * cell_width), dtype=np.float32)
+    width = 4.6 * columns
+    figure, axis = plt.subplots(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 0.45))
+    for position in range(count):
+        row, column = divmod(position, columns)
+        top, left = row * cell_height + caption_band, column * cell_width + gap // 2
+        mosaic[top : top + strip_height, left : left + strip_width] = strips[position]
+        right = readings[position] == texts[position]
+        caption = f"#{indices[position]} read {readings[position] or '(nothing)'}"
+        caption += f" {confidences[position]:.0%}"
+        if not right:
+            caption += f", true {texts[position]}"
+        axis.text(left + 2, top - 1, caption, ha="left", va="bottom", fontsize=7,
+                  color=RIGHT_COLOUR if right else MISTAKE_COLOUR)  # fmt: skip
+    axis.imshow(mosaic, cmap="gray_r", interpolation="nearest")
+    axis.axis("off")
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_readings(
+    strips: np.ndarray,
+    texts: Sequence[str],
+    readings: Sequence[str],
+    confidences: Sequence[float],
+    path: Path,
+) -> Path:
+    """The reader's version of the tutorial's picture: the first test numbers, as read."""
+    wrong = sum(r != t for r, t in zip(readings, texts, strict=True))
+    title = (
+        f"test numbers 0-{len(texts) - 1}: {len(texts) - wrong} of {len(texts)} read right "
+        "(mistakes in red)"
+    )
+    figure = numbers_figure(strips, texts, readings, confidences, range(len(texts)), title)
+    return save_figure(figure, path)
+
+
 def history_figure(
     history: dict[str, list[float]], test_accuracy: float | None = None, best: int | None = None
 ):
@@ -132,7 +187,8 @@ def history_figure(
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
-        axis.plot(epochs, history[metric], "o-", label=f"training {metric}")
+        if metric in history:  # a number reader has only validation accuracy (CTC has none)
+            axis.plot(epochs, history[metric], "o-", label=f"training {metric}")
         if f"val_{metric}" in history:
             axis.plot(epochs, history[f"val_{metric}"], "s--", label=f"validation {metric}")
         if best is not None:
@@ -225,19 +281,21 @@ def reliability_figure(calibration: dict):
 def save_inputs(
     digits: Sequence[np.ndarray], path: Path, scale: int = 8, columns: int = 10
 ) -> Path:
-    """The 28x28 inputs the model saw, enlarged (nearest neighbour: pixels stay visible)."""
+    """The inputs the model saw (28x28 digits or number strips, all of one size), enlarged
+    (nearest neighbour: pixels stay visible)."""
     from PIL import Image
 
     count = len(digits)
     columns = min(columns, count)
     rows = -(-count // columns)
-    side, gap = IMAGE_SIDE * scale, 4
-    sheet = Image.new("L", (columns * (side + gap) - gap, rows * (side + gap) - gap), 128)
+    height, width = (side * scale for side in np.shape(digits[0]))  # 28x28, or a number strip
+    gap = 4
+    sheet = Image.new("L", (columns * (width + gap) - gap, rows * (height + gap) - gap), 128)
     for index, digit in enumerate(digits):
         tile = Image.fromarray(np.asarray(digit, dtype=np.uint8)).resize(
-            (side, side), Image.Resampling.NEAREST
+            (width, height), Image.Resampling.NEAREST
         )
-        sheet.paste(tile, ((index % columns) * (side + gap), (index // columns) * (side + gap)))
+        sheet.paste(tile, ((index % columns) * (width + gap), (index // columns) * (height + gap)))
     with atomic_path(path) as temporary:
         sheet.save(temporary, format="PNG")
     return path
@@ -501,6 +559,103 @@ def _calibration_section(data: ReportData) -> str:
     )
 
 
+@dataclass
+class NumberReportData:
+    """What a number reader's report reads: its manifest and its test numbers as read."""
+
+    manifest: dict
+    numbers: object  # training.NumberEvaluation
+
+    def __post_init__(self):
+        self.metrics = self.manifest["metrics"]
+        self.history = self.manifest.get("history") or {}
+
+    def numbers_image(self, chosen: Sequence[int], title: str, alt: str) -> str:
+        chosen = list(chosen)
+        numbers = self.numbers
+        figure = numbers_figure(
+            numbers.strips[chosen],
+            [numbers.texts[i] for i in chosen],
+            [numbers.readings[i] for i in chosen],
+            [numbers.confidences[i] for i in chosen],
+            chosen,
+            title,
+        )
+        return _image_tag(figure_png(figure), alt)
+
+
+def _number_test_section(data: NumberReportData) -> str:
+    metrics = data.metrics
+    gap = metrics["train_accuracy"] - metrics["test_accuracy"]
+    return (
+        "<h2 id='test'>Test results</h2>"
+        f"<p>{len(data.numbers.texts):,} test numbers of 1-8 digits, composed from MNIST's "
+        "test digits (writers the reader never saw). <b>Exact</b>: the whole number read "
+        "right. <b>Digits</b>: 1 - (digits missed, added or wrong) / digits written.</p>"
+        + _table(
+            ["", "exact", "digits", "CTC loss"],
+            [
+                (
+                    name,
+                    f"{metrics[f'{name}_accuracy']:.4f}",
+                    f"{metrics.get(f'{name}_digit_accuracy', float('nan')):.4f}",
+                    f"{metrics[f'{name}_loss']:.4f}",
+                )
+                for name in ("test", "train")
+            ],
+        )
+        + f"<p>Gap (train - test, exact): <b>{gap:+.4f}</b> &mdash; "
+        + html.escape(evaluation.overfitting_verdict(gap))
+        + ".</p>"
+    )
+
+
+def _by_length_section(data: NumberReportData) -> str:
+    rows = [
+        (length, scores["numbers"], f"{scores['exact']:.4f}", f"{scores['digit_accuracy']:.4f}",
+         f"{scores['right_length']:.4f}")
+        for length, scores in sorted(data.numbers.by_length.items())
+    ]  # fmt: skip
+    return "<h2 id='by-length'>By length</h2>" + _table(
+        ["digits", "numbers", "exact", "digits right", "right length"], rows
+    )
+
+
+def _first_numbers_section(data: NumberReportData) -> str:
+    shown = min(PREDICTIONS_SHOWN, len(data.numbers.texts))
+    return "<h2 id='predictions'>The first test numbers</h2>" + data.numbers_image(
+        range(shown), f"the first {shown} test numbers, as the reader saw and read them",
+        "first test numbers",
+    )  # fmt: skip
+
+
+def _number_mistakes_section(data: NumberReportData) -> str:
+    numbers = data.numbers
+    wrong = [i for i, (t, r) in enumerate(zip(numbers.texts, numbers.readings, strict=True))
+             if t != r]  # fmt: skip
+    wrong.sort(key=lambda i: -numbers.confidences[i])
+    wrong = wrong[:MISTAKES_SHOWN]
+    if not wrong:
+        return "<h2 id='mistakes'>Worst mistakes</h2><p>Every test number was read right.</p>"
+    return (
+        "<h2 id='mistakes'>Worst mistakes</h2>"
+        "<p>The wrong readings the reader was surest of.</p>"
+        + data.numbers_image(wrong, "the most confidently misread test numbers", "mistakes")
+        + _table(
+            ["test index", "true", "read", "confidence"],
+            [
+                (
+                    i,
+                    numbers.texts[i],
+                    numbers.readings[i] or "(nothing)",
+                    f"{numbers.confidences[i]:.4f}",
+                )
+                for i in wrong
+            ],  # fmt: skip
+        )
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[ReportData], str]]] = [
     ("configuration", _configuration_section),
     ("data", _data_section),
@@ -515,20 +670,29 @@ SECTIONS: list[tuple[str, Callable[[ReportData], str]]] = [
 ]
 
 
+# A number reader's report: the same first four sections, then its own.
+NUMBER_SECTIONS: list[tuple[str, Callable[[NumberReportData], str]]] = [
+    *SECTIONS[:4],
+    ("test results", _number_test_section),
+    ("by length", _by_length_section),
+    ("first numbers", _first_numbers_section),
+    ("mistakes", _number_mistakes_section),
+]
+
+
 def build_report(
     folder: Path,
     manifest: dict,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    probabilities: np.ndarray,
+    data: ReportData | NumberReportData,
     progress: Callable[[str], None] = lambda step: None,
     run_name: str | None = None,
 ) -> Path:
     """Write ``report.html`` in a run folder: everything about the run, images embedded.
 
-    ``run_name`` is the run's final name when ``folder`` is still a temporary one.
+    ``data`` is a digit model's test predictions (``ReportData``) or a number reader's test
+    numbers (``NumberReportData``). ``run_name`` is the run's final name when ``folder`` is
+    still a temporary one.
     """
-    data = ReportData(manifest, test_images, test_labels, probabilities)
     run_name = run_name or folder.name
     title = (
         f"<h1>digitlab run: {html.escape(manifest['model'])} on "
@@ -537,7 +701,7 @@ def build_report(
         f"{html.escape(manifest.get('created', ''))}</p>"
     )
     sections = [title]
-    for name, section in SECTIONS:
+    for name, section in NUMBER_SECTIONS if isinstance(data, NumberReportData) else SECTIONS:
         progress(name)
         sections.append(section(data))
     page = (

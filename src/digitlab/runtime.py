@@ -325,8 +325,11 @@ class NumpyModel:
                 output = self(np.zeros((1, *input_shape), dtype=np.float32))
         except Exception as error:  # any failure here means a malformed description
             raise ValueError(f"the layers do not fit together ({type(error).__name__})") from None
-        if output.ndim != 2 or output.shape[0] != 1:
-            raise ValueError(f"the model's output has shape {output.shape[1:]}, not (classes,)")
+        if output.ndim not in (2, 3) or output.shape[0] != 1:
+            raise ValueError(
+                f"the model's output has shape {output.shape[1:]}, not (classes,) or "
+                "(steps, classes)"
+            )
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs, dtype=np.float32)

@@ -7,6 +7,8 @@ live apart from ``predict`` so that predicting does not import pydantic.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from digitlab.config import NUM_CLASSES
@@ -20,6 +22,17 @@ class DigitAnswer(BaseModel):
     label_name: str
     confidence: float = Field(ge=0, le=1)
     probabilities: list[float] = Field(min_length=NUM_CLASSES, max_length=NUM_CLASSES)
+    is_digit: bool | None = Field(
+        None,
+        description="whether it looks like a digit at all (false: a letter, a doodle, a photo; "
+        "the label is still the likeliest digit); absent when the model has no such rule",
+    )
+    digit_score: float | None = Field(
+        None, ge=0, le=1, description="the score the 'not a digit' rule compares with its threshold"
+    )
+    x: float | None = Field(
+        None, description="in a number: the digit's horizontal centre in the image, in pixels"
+    )
     input_png: str | None = Field(None, description="the 28x28 input the model saw, base64 PNG")
 
 
@@ -31,5 +44,11 @@ class NumberAnswer(BaseModel):
     confidence: float = Field(
         ge=0, le=1, description="the chance that every digit is right: the digits' product"
     )
+    reader: Literal["number reader", "segmentation"] = Field(
+        description="what read it: the number reader (a model of whole numbers), or "
+        "segmentation (cut into ink blobs, each read by the digit model)"
+    )
     digits: list[DigitAnswer]
-    input_png: str | None = Field(None, description="the digits' inputs side by side")
+    input_png: str | None = Field(
+        None, description="what was read: the number reader's strip, or the digits side by side"
+    )

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitlab import DigitlabError, evaluation, models
-from digitlab.augment import augment
-from digitlab.config import PREDICTIONS_SHOWN, TrainConfig
+from digitlab.augment import augment, other_handwriting
+from digitlab.config import NUM_CLASSES, PREDICTIONS_SHOWN, TrainConfig
 from digitlab.datasets import Arrays, Report
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class TrainResult:
     test_probabilities: np.ndarray | None = None  # (N_test, 10), for the report
     best_epoch: int | None = None  # 1-based, the epoch whose weights were kept (with validation)
     stopped_after: int | None = None  # the last epoch run, when early stopping ended training
+    numbers: NumberEvaluation | None = None  # a number reader's test numbers and readings
+    rejection: dict | None = None  # the "not a digit" rule (calibrate_rejection)
 
     @property
     def overfitting_gap(self) -> float:
@@ -139,16 +141,25 @@ def learning_rate(config: TrainConfig, total_steps: int):
 
 
 def augmented_batches(
-    images: np.ndarray, labels: np.ndarray, config: TrainConfig, input_shape: tuple[int, ...]
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    non_digits: np.ndarray | None = None,
 ) -> keras.utils.PyDataset:
     """Shuffled batches of freshly augmented digits, a new order and new transforms each epoch;
-    the last ``config.plain_final_epochs`` epochs unaugmented.
+    the last ``config.plain_final_epochs`` epochs unaugmented. ``config.handwriting_share`` of
+    the augmented digits also get another writer's pen, scan or slant.
 
-    (N, 28, 28) uint8 -> batches of (batch_size, *input_shape) float32 in [0, 1].
+    With ``non_digits``, each batch also holds ``config.non_digit_share`` of its size in
+    randomly chosen non-digits (augmented alike), labelled NUM_CLASSES: "not a digit".
+
+    (N, 28, 28) uint8 -> batches of (batch_size (+ non-digits), *input_shape) float32 in [0, 1].
     """
     import keras
 
     augmented_epochs = config.epochs - plain_epochs(config)
+    extra = round(config.batch_size * config.non_digit_share) if non_digits is not None else 0
 
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -162,16 +173,219 @@ def augmented_batches(
 
         def __getitem__(self, index):
             chosen = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+            digits, targets = images[chosen], labels[chosen]
+            if extra:
+                picked = non_digits[self.rng.integers(0, len(non_digits), extra)]
+                digits = np.concatenate([digits, picked])
+                targets = np.concatenate([targets, np.full(extra, NUM_CLASSES, targets.dtype)])
             if self.epoch >= augmented_epochs:
-                return models.prepare(images[chosen], input_shape), labels[chosen]
-            batch = augment(images[chosen], self.rng)  # float32 in [0, 1], like prepare()
-            return batch.reshape((len(chosen), *input_shape)), labels[chosen]
+                return models.prepare(digits, input_shape), targets
+            batch = augment(digits, self.rng)  # float32 in [0, 1], like prepare()
+            if config.handwriting_share:
+                other_handwriting(batch[: len(chosen)], self.rng, config.handwriting_share)
+            return batch.reshape((len(digits), *input_shape)), targets
 
         def on_epoch_end(self):
             self.order = self.rng.permutation(len(images))
             self.epoch += 1
 
     return AugmentedBatches()
+
+
+@dataclass
+class NumberEvaluation:
+    """A number reader's test: the numbers, what it read, and the scores."""
+
+    strips: np.ndarray  # (N, 28, 224) uint8
+    texts: list[str]
+    readings: list[str]
+    confidences: list[float]  # per reading: the product of its digits' confidences
+    by_length: dict[int, dict[str, float]]
+
+
+def read_numbers(model: keras.Model, strips: np.ndarray) -> tuple[list[str], list[float]]:
+    """(N, 28, 224) uint8 strips -> what the reader reads in each, and how sure it is."""
+    inputs = strips[..., None].astype("float32") / 255
+    probabilities = model.predict(inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE // 4)
+    numbers = models.ctc_decode(probabilities)
+    readings = ["".join(str(digit.label) for digit in number) for number in numbers]
+    confidences = [
+        float(np.prod([digit.probabilities[digit.label] for digit in number])) for number in numbers
+    ]
+    return readings, confidences
+
+
+READER_MAX_LENGTH = 10  # digits in the longest number the reader is trained on
+READER_TEST_NUMBERS = 2_000  # composed from MNIST's test digits
+READER_TEST_SEED = 2026  # the same test numbers for every run, whatever its seed
+READER_TRAIN_SCORED = 2_000  # training numbers read again for the train accuracy
+
+
+def _exact_accuracy_callback(strips: np.ndarray, texts: list[str]) -> keras.callbacks.Callback:
+    """Adds ``val_accuracy``, the share of validation numbers read exactly, to each epoch's
+    logs (CTC has no per-step accuracy for Keras to count)."""
+    import keras
+
+    class ExactAccuracy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            readings, _ = read_numbers(self.model, strips)
+            if logs is not None:
+                logs["val_accuracy"] = float(
+                    np.mean([r == t for r, t in zip(readings, texts, strict=True)])
+                )
+
+    return ExactAccuracy()
+
+
+def train_reader(
+    config: TrainConfig,
+    data: Arrays,
+    report: Report = print,
+    verbose: int = 2,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    data_origin: str = "",
+) -> TrainResult:
+    """Compose numbers from the digits of ``data``, train the number reader on them with CTC,
+    and read the test numbers (composed from the test digits), reporting each step."""
+    import keras
+
+    from digitlab import synthetic
+
+    (x_train, y_train), (x_test, y_test) = data
+    _check(config, len(x_train))
+    report(
+        f"[1/6] loaded {data_origin or config.dataset}: train {x_train.shape} {x_train.dtype}, "
+        f"test {x_test.shape}: the digits the numbers are composed from"
+    )
+    keras.utils.set_random_seed(config.seed)
+    held_out = _validation_count(config, len(x_train))
+    fit_count = len(x_train) - held_out
+    steps_per_epoch = -(-config.numbers // config.batch_size)
+    model = models.build(config.model)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch * config.epochs)),
+        loss=models.ctc_loss,
+        steps_per_execution=config.steps_per_execution,
+    )
+    report(
+        f"[2/6] built {model.name}: {model.count_params():,} parameters; compiled with adam"
+        f"{_describe_rate(config)}, CTC loss"
+    )
+
+    started = time.perf_counter()
+    training = synthetic.make_numbers(
+        x_train[:fit_count], y_train[:fit_count], config.numbers, config.seed,
+        READER_MAX_LENGTH, config.photo_share,
+    )  # fmt: skip
+    validation = (
+        synthetic.make_numbers(
+            x_train[fit_count:],
+            y_train[fit_count:],
+            max(held_out // 3, 1),
+            config.seed + 1,
+            READER_MAX_LENGTH,
+            config.photo_share,
+        )  # fmt: skip
+        if held_out
+        else None
+    )
+    test = synthetic.make_numbers(x_test, y_test, READER_TEST_NUMBERS, READER_TEST_SEED, 8)
+    report(
+        f"[3/6] composed {len(training.texts):,} training numbers of 1-{READER_MAX_LENGTH} "
+        f"digits from {fit_count:,} training digits ({training.photographed.mean():.0%} "
+        f"photographed and read back), "
+        + (f"{len(validation.texts):,} validation numbers from the {held_out:,} held-out digits, "
+           if validation else "")
+        + f"{len(test.texts):,} test numbers of 1-8 digits from the test digits, in "
+        f"{time.perf_counter() - started:.0f} s: strips {training.strips.shape[1:]} uint8, "
+        "scaled to float32 in [0, 1]"
+    )  # fmt: skip
+
+    def inputs(numbers: synthetic.Numbers) -> np.ndarray:
+        return numbers.strips[..., None].astype("float32") / 255  # -> (N, 28, 224, 1)
+
+    fit_arguments: dict = {
+        "x": inputs(training),
+        "y": training.targets(READER_MAX_LENGTH),
+        "batch_size": config.batch_size,
+        "epochs": config.epochs,
+        "shuffle": True,
+    }
+    own_callbacks = []
+    if validation:
+        fit_arguments["validation_data"] = (
+            inputs(validation),
+            validation.targets(READER_MAX_LENGTH),
+        )
+        own_callbacks.append(_exact_accuracy_callback(validation.strips, validation.texts))
+    report(
+        f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
+        + _describe_validation(config, held_out).replace("images", "digits")
+    )
+    timer, epoch_seconds = _epoch_timer()
+    keep_best = _keep_best(config.early_stopping)
+    started = time.perf_counter()
+    history = model.fit(
+        callbacks=[timer, *own_callbacks, keep_best, *callbacks], verbose=verbose, **fit_arguments
+    )
+    train_seconds = time.perf_counter() - started
+    if keep_best.best_epoch:
+        report(
+            f"      kept epoch {keep_best.best_epoch} (lowest validation loss "
+            f"{keep_best.best_loss:.4f})"
+        )
+
+    readings, confidences = read_numbers(model, test.strips)
+    scored = slice(0, READER_TRAIN_SCORED)
+    train_readings, _ = read_numbers(model, training.strips[scored])
+    test_scores = evaluation.number_scores(test.texts, readings)
+    train_scores = evaluation.number_scores(training.texts[scored], train_readings)
+    test_loss = model.evaluate(inputs(test), test.targets(READER_MAX_LENGTH), verbose=0)
+    train_loss = model.evaluate(
+        inputs(training)[scored], training.targets(READER_MAX_LENGTH)[scored], verbose=0
+    )
+    shown = min(PREDICTIONS_SHOWN, len(test.texts))
+    result = TrainResult(
+        model=model,
+        config=config,
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        epoch_seconds=epoch_seconds,
+        train_seconds=train_seconds,
+        metrics={
+            "test_loss": float(test_loss),
+            "test_accuracy": test_scores["exact"],
+            "test_digit_accuracy": test_scores["digit_accuracy"],
+            "train_loss": float(train_loss),
+            "train_accuracy": train_scores["exact"],
+            "train_digit_accuracy": train_scores["digit_accuracy"],
+        },
+        first_confidences=confidences[:shown],
+        best_epoch=keep_best.best_epoch or None,
+        stopped_after=keep_best.stopped_after or None,
+        numbers=NumberEvaluation(
+            test.strips,
+            test.texts,
+            readings,
+            confidences,
+            evaluation.number_scores_by_length(test.texts, readings),
+        ),  # fmt: skip
+    )
+    report(f"[5/6] read the first {shown} test numbers:")
+    for text, reading in zip(test.texts[:shown], readings[:shown], strict=True):
+        report(f"      {text:>10} read {reading:<10} {'right' if reading == text else 'WRONG'}")
+    gap = result.overfitting_gap
+    report(
+        f"[6/6] evaluated on all {len(test.texts):,} test numbers:\n"
+        f"      test  exact {test_scores['exact']:.4f}  digits {test_scores['digit_accuracy']:.4f}"
+        f"  (loss {test_loss:.4f})\n"
+        f"      train exact {train_scores['exact']:.4f}  digits "
+        f"{train_scores['digit_accuracy']:.4f}  (loss {train_loss:.4f}, {READER_TRAIN_SCORED:,} "
+        "training numbers)\n"
+        f"      gap   {gap:+.4f} -> {evaluation.overfitting_verdict(gap)}"
+    )
+    epochs = ", ".join(f"{seconds:.2f}" for seconds in epoch_seconds)
+    report(f"trained in {train_seconds:.1f} s (epochs: {epochs} s)")
+    return result
 
 
 def train(
@@ -189,6 +403,8 @@ def train(
     """
     import keras
 
+    if models.get(config.model).reads == "number":
+        return train_reader(config, data, report, verbose, callbacks, data_origin)
     (x_train, y_train), (x_test, y_test) = data
     _check(config, len(x_train))
     report(
@@ -212,21 +428,28 @@ def train(
         f"{_describe_rate(config)}, sparse categorical cross-entropy, accuracy"
     )
 
-    input_shape = models.get(config.model).input_shape
+    kind = models.get(config.model)
+    input_shape = kind.input_shape
     train_inputs = models.prepare(x_train, input_shape)  # (N, 28, 28) uint8 -> float32 in [0, 1]
     test_inputs = models.prepare(x_test, input_shape)
     report(
         f"[3/6] scaled pixels to float32 in [0, 1]: train {train_inputs.shape}, "
         f"test {test_inputs.shape}"
     )
+    non_digits = validation_non_digits = None
+    if kind.rejects:
+        non_digits, validation_non_digits = _non_digits(config, fit_count, held_out, report)
 
     # The validation images come from the end of the training set, as Keras' validation_split.
     fit_arguments: dict = {"epochs": config.epochs}
     if held_out:
-        fit_arguments["validation_data"] = (train_inputs[fit_count:], y_train[fit_count:])
+        validation = (train_inputs[fit_count:], y_train[fit_count:])
+        if validation_non_digits is not None:
+            validation = _with_non_digits(*validation, validation_non_digits, input_shape)
+        fit_arguments["validation_data"] = validation
     if config.augment:
         fit_arguments["x"] = augmented_batches(
-            x_train[:fit_count], y_train[:fit_count], config, input_shape
+            x_train[:fit_count], y_train[:fit_count], config, input_shape, non_digits
         )
     else:
         fit_arguments |= {
@@ -255,13 +478,18 @@ def train(
 
     # One pass over the test set gives the metrics, the first 20 predictions and the report's
     # data (Keras' evaluate() and predict() would each make their own).
-    probabilities = model.predict(test_inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
+    # A model with a "not a digit" output is scored on the digits' probabilities (its answer
+    # is still the likeliest digit; whether it looks like a digit is a separate flag).
+    outputs = model.predict(test_inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
+    probabilities, _ = models.split_rejection(outputs)
     test_loss, test_accuracy = score(probabilities, y_test)
     shown = min(PREDICTIONS_SHOWN, len(test_inputs))
     # All training images, as the tutorial measures them: unaugmented, held-out ones included.
-    train_loss, train_accuracy = model.evaluate(
-        train_inputs, y_train, verbose=0, batch_size=EVALUATE_BATCH_SIZE
-    )
+    train_outputs = model.predict(train_inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
+    train_loss, train_accuracy = score(models.split_rejection(train_outputs)[0], y_train)
+    # Calibrated on digits the model did not train on when there are any (else on all of them).
+    calibration = train_outputs[fit_count:] if held_out else train_outputs
+    rejection = calibrate_rejection(models.split_rejection(calibration)[1], kind.rejects)
     result = TrainResult(
         model=model,
         config=config,
@@ -279,9 +507,56 @@ def train(
         test_probabilities=probabilities,
         best_epoch=keep_best.best_epoch or None,
         stopped_after=keep_best.stopped_after or None,
+        rejection=rejection,
     )
     _report_results(result, y_test, len(x_train), report)
     return result
+
+
+# Of the held-out digits, the share the "not a digit" rule may reject: half of the 1% that
+# issue #11 allows on MNIST's test digits, leaving room for photographed digits, which score
+# lower.
+REJECTION_RATE = 0.005
+NON_DIGITS_TRAINED = 4_000  # drawn non-digits, re-augmented every epoch
+NON_DIGITS_VALIDATED = 1_000
+
+
+def calibrate_rejection(digit_scores: np.ndarray, rejects: bool) -> dict:
+    """The rule that says "not a digit": a score below ``threshold``.
+
+    The score is 1 - P(not a digit) for a model with that output, else the top probability.
+    The threshold rejects REJECTION_RATE of ``digit_scores`` (held-out digits).
+    """
+    return {
+        "score": "1 - P(not a digit)" if rejects else "top probability",
+        "threshold": float(np.quantile(digit_scores, REJECTION_RATE)),
+        "rejected_share_of_calibration_digits": REJECTION_RATE,
+        "calibration_digits": int(len(digit_scores)),
+    }
+
+
+def _non_digits(config: TrainConfig, fit_count: int, held_out: int, report: Report):
+    """Non-digits to train on (and to validate with, when digits are held out)."""
+    from digitlab import synthetic
+
+    started = time.perf_counter()
+    trained = synthetic.prepared_non_digits(NON_DIGITS_TRAINED, config.seed)
+    validated = (
+        synthetic.prepared_non_digits(NON_DIGITS_VALIDATED, config.seed + 1) if held_out else None
+    )
+    report(
+        f"      drew {len(trained):,} non-digits (letters, scribbles, shapes, noise) for the "
+        f"'not a digit' output, {config.non_digit_share:.0%} of each batch, in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    return trained, validated
+
+
+def _with_non_digits(inputs, labels, non_digits: np.ndarray, input_shape) -> tuple:
+    return (
+        np.concatenate([inputs, models.prepare(non_digits, input_shape)]),
+        np.concatenate([labels, np.full(len(non_digits), NUM_CLASSES, labels.dtype)]),
+    )
 
 
 def _report_results(result: TrainResult, y_test: np.ndarray, train_count: int, report) -> None:
@@ -311,12 +586,15 @@ def _describe_augmentation(config: TrainConfig) -> str:
     if not config.augment:
         return ""
     plain = plain_epochs(config)
+    described = ", each batch randomly shifted, rotated and rescaled"
+    if config.handwriting_share:
+        described += (
+            f", {config.handwriting_share:.0%} of its digits as other writers, pens and scanners "
+            "would give them"
+        )
     if plain == 0:
-        return ", each batch randomly shifted, rotated and rescaled"
-    return (
-        ", each batch randomly shifted, rotated and rescaled "
-        f"(the last {plain} epoch{'s' if plain > 1 else ''}: the digits as they are)"
-    )
+        return described
+    return f"{described} (the last {plain} epoch{'s' if plain > 1 else ''}: the digits as they are)"
 
 
 def _describe_validation(config: TrainConfig, held_out: int) -> str:

@@ -313,12 +313,30 @@ ERRORS = {
 }
 
 
+def _reader_summary(reader: Predictor | None) -> dict:
+    """How ``?number=true`` is read: by which number reader, or by blob segmentation."""
+    if reader is None:
+        return {"reader": "segmentation", "model": None, "test_accuracy": None}
+    return {
+        "reader": "number reader",
+        "model": reader.manifest.get("model"),
+        "test_accuracy": reader.manifest.get("metrics", {}).get("test_accuracy"),
+        "created": reader.manifest.get("created"),
+    }
+
+
 def _request_body(*kinds: tuple[str, dict]) -> dict:
     return {"requestBody": {"required": True, "content": dict(kinds)}}
 
 
-def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
-    """The ASGI application: FastAPI routes wrapped in the Guard middleware."""
+def create_app(
+    predictor: Predictor, limits: ServeConfig = LIMITS, number_reader: Predictor | None = None
+):
+    """The ASGI application: FastAPI routes wrapped in the Guard middleware.
+
+    ``predictor`` reads digits; ``number_reader`` (a number reader run) reads ``?number=true``
+    images, which without one are cut into blobs and read by ``predictor``.
+    """
     app = FastAPI(
         title="digitlab",
         version=__version__,
@@ -336,7 +354,8 @@ def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
         return await asyncio.get_running_loop().run_in_executor(worker, function, *arguments)
 
     def read_one(image, number: bool) -> dict:
-        [(_, answer)] = predictor.predict_many([("image", image)], number=number)
+        reader = number_reader if number and number_reader is not None else predictor
+        [(_, answer)] = reader.predict_many([("image", image)], number=number)
         if isinstance(answer, ImageError):
             raise ApiError(422, answer.reason)
         return answer.to_dict(with_input=True)
@@ -388,6 +407,7 @@ def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
             "label_names": names,
             "data_sha256": manifest.get("data_sha256", {}),
             "versions": manifest.get("versions", {}),
+            "number_reader": _reader_summary(number_reader),
         }
 
     @app.post(
@@ -406,8 +426,9 @@ def create_app(predictor: Predictor, limits: ServeConfig = LIMITS):
     async def predict(request: Request, number: bool = False) -> JSONResponse:
         """One image: multipart ``file``, a raw image body, or JSON ``{"pixels": 28x28}``.
 
-        With ``?number=true`` the image holds a written number: answers its ``text`` and each
-        digit. Otherwise ``label``, ``confidence``, ``probabilities`` and ``input_png`` (the
+        With ``?number=true`` the image holds a written number: answers its ``text``, which
+        ``reader`` read it (the number reader, or segmentation), and each digit with its ``x``
+        in the image; ``input_png`` is the strip the reader saw (or the digits side by side). Otherwise ``label``, ``confidence``, ``probabilities`` and ``input_png`` (the
         28x28 image the model saw, base64 PNG).
         """
         [(_, image)] = await _images_from(request, many=False, limits=limits)

@@ -3,7 +3,10 @@
 
 const pad = document.getElementById("pad");
 const context = pad.getContext("2d");
-const PEN_WIDTH = 22; // px on the 280 px canvas: MNIST's stroke is ~13% of a digit's height
+// px on the 280 px canvas: MNIST's stroke is ~13% of a digit's height; the number pad is
+// 200 px tall, its digits ~140 px
+const PEN_WIDTH = { digit: 22, number: 18 };
+const PAD_SIZE = { digit: [280, 280], number: [560, 200] };
 const DEBOUNCE_MS = 150;
 const strokes = []; // each stroke: an array of [x, y] in canvas pixels
 let drawing = null;
@@ -17,7 +20,7 @@ function clearCanvas() {
 
 function drawStroke(points) {
   context.strokeStyle = "#000";
-  context.lineWidth = PEN_WIDTH;
+  context.lineWidth = PEN_WIDTH[mode()];
   context.lineCap = "round";
   context.lineJoin = "round";
   context.beginPath();
@@ -70,7 +73,17 @@ function clearAll() {
 }
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("clear").addEventListener("click", clearAll);
-document.getElementById("number").addEventListener("change", () => strokes.length && schedule(0));
+// A number gets a wide pad; switching clears it (the strokes would not fit the other shape).
+function mode() {
+  return document.getElementById("number").checked ? "number" : "digit";
+}
+document.getElementById("number").addEventListener("change", () => {
+  [pad.width, pad.height] = PAD_SIZE[mode()];
+  pad.classList.toggle("wide", mode() === "number");
+  document.getElementById("draw-title").textContent =
+    mode() === "number" ? "Write a number" : "Draw a digit";
+  clearAll();
+});
 document.addEventListener("keydown", (event) => {
   if ((event.ctrlKey || event.metaKey) && event.key === "z") { event.preventDefault(); undo(); }
   if (event.key === "Escape") clearAll();
@@ -121,16 +134,48 @@ function showEmpty() {
   document.getElementById("label").textContent = "\u2013";
   document.getElementById("confidence").textContent = "";
   document.getElementById("bars").replaceChildren();
+  document.getElementById("number-digits").replaceChildren();
+  document.getElementById("reader").textContent = "";
   document.getElementById("seen").hidden = true;
+}
+
+// A number's digits, each with how sure the model is of it (the least sure stands out).
+function showDigits(answer) {
+  const items = (answer.digits || []).map((digit) => {
+    const item = document.createElement("li");
+    item.textContent = digit.label_name;
+    item.title = `${(100 * digit.confidence).toFixed(1)}% sure`;
+    const sure = document.createElement("small");
+    sure.textContent = `${Math.round(100 * digit.confidence)}%`;
+    item.append(sure);
+    if (digit.confidence < 0.9) item.className = "unsure";
+    return item;
+  });
+  document.getElementById("number-digits").replaceChildren(...items);
+  document.getElementById("reader").textContent = answer.text === undefined ? "" :
+    answer.reader === "number reader" ? "read whole by the number reader" :
+      "read digit by digit (cut into ink blobs; no number reader on the server)";
 }
 
 function show(answer) {
   document.getElementById("error").hidden = true;
   const digits = answer.digits || [answer];
-  document.getElementById("label").textContent = answer.text ?? answer.label_name;
-  document.getElementById("confidence").textContent =
-    `${(100 * answer.confidence).toFixed(1)}% sure`;
-  const probabilities = digits[0].probabilities; // for a number: its first digit
+  const notDigit = answer.is_digit === false;
+  document.getElementById("label").textContent = answer.text === ""
+    ? "no digits" : notDigit ? "not a digit" : answer.text ?? answer.label_name;
+  document.getElementById("label").classList.toggle("rejected", notDigit);
+  document.getElementById("confidence").textContent = notDigit
+    ? `(most like ${answer.label_name}, ${(100 * answer.confidence).toFixed(1)}%)`
+    : `${(100 * answer.confidence).toFixed(1)}% sure`;
+  showDigits(answer);
+  if (!digits.length) {
+    document.getElementById("bars").replaceChildren();
+    document.getElementById("seen").hidden = true;
+    return;
+  }
+  // for a number: the bars of its least sure digit, the one worth a look
+  const shown = digits.reduce((a, b) => (b.confidence < a.confidence ? b : a));
+  const probabilities = shown.probabilities;
   const best = probabilities.indexOf(Math.max(...probabilities));
   const bars = probabilities.map((p, digit) => {
     const item = document.createElement("li");
@@ -143,7 +188,12 @@ function show(answer) {
   document.getElementById("bars").replaceChildren(...bars);
   const seen = document.getElementById("seen");
   seen.src = `data:image/png;base64,${answer.input_png}`;
-  seen.style.width = `${112 * digits.length}px`;
+  const strip = answer.reader === "number reader";
+  seen.style.width = strip ? "448px" : `${112 * digits.length}px`;
+  seen.style.height = strip ? "56px" : "112px";
+  document.getElementById("seen-caption").textContent = strip
+    ? "What the number reader saw (the whole number, 28 px tall)"
+    : "What the model saw (28\u00d728, like MNIST)";
   seen.hidden = false;
 }
 
@@ -171,6 +221,10 @@ drop.addEventListener("drop", (event) => {
 
 fetch("/api/model").then((r) => r.json()).then((model) => {
   const accuracy = model.test_accuracy ? ` (${(100 * model.test_accuracy).toFixed(2)}% on the test set)` : "";
-  document.getElementById("model-info").textContent = `Model: ${model.model} trained on ${model.dataset}${accuracy}`;
+  const reader = model.number_reader && model.number_reader.reader === "number reader"
+    ? `; numbers: the number reader (${(100 * model.number_reader.test_accuracy).toFixed(1)}% of test numbers exact)`
+    : "; numbers: cut into ink blobs (no number reader)";
+  document.getElementById("model-info").textContent =
+    `Model: ${model.model} trained on ${model.dataset}${accuracy}${reader}`;
 }).catch(() => {});
 clearCanvas();

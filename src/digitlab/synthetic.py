@@ -1,0 +1,403 @@
+"""Written numbers made from single MNIST digits, and photographs of them.
+
+The number reader learns from numbers composed here out of MNIST **training** digits, and
+``benchmarks/numbers.py`` tests it on numbers composed the same way out of **test** digits
+(writers it never saw). A number is written the way people write: digits of slightly different
+sizes on a wandering baseline, slanted, with gaps from wide to touching and overlapping, a pen
+thinner or thicker than MNIST's. ``photograph`` then puts it on paper under uneven light, with
+noise, blur, a tint and JPEG artefacts, as ``benchmarks/robustness.py`` does for single digits.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+from scipy import ndimage
+
+from digitlab.config import IMAGE_SIDE, NUM_CLASSES, STRIP_WIDTH
+
+
+@dataclass(frozen=True)
+class Handwriting:
+    """How much composed numbers vary; each range is drawn from uniformly, per number or digit."""
+
+    # Gap between neighbours in MNIST pixels (a digit is ~20 px tall), by kind and share: the
+    # reader must cope with touching and overlapping digits, which blob segmentation cannot.
+    gaps: tuple[tuple[str, float, int, int], ...] = (
+        ("apart", 0.35, 4, 10),
+        ("close", 0.35, 1, 3),
+        ("touching", 0.30, -3, 0),  # 0: touching, below 0: overlapping by that many pixels
+    )
+    ones_share: float = 0.2  # of all digits, 1s (narrow: what blob grouping got wrong most)
+    digit_scale: tuple[float, float] = (0.85, 1.12)  # each digit's size against its neighbours
+    baseline_pixels: float = 2.0  # each digit up or down by at most this
+    slant: float = 0.25  # shear of the whole number, either way (0.25: about 14 degrees)
+    thin_share: float = 0.15  # numbers written with a thinner pen than MNIST's
+    thick_share: float = 0.15  # and with a thicker one
+
+
+HANDWRITING = Handwriting()
+
+
+def random_text(length: int, rng: np.random.Generator, style: Handwriting = HANDWRITING) -> str:
+    """``length`` random digits, ``style.ones_share`` of them 1s on average."""
+    others = [digit for digit in range(NUM_CLASSES) if digit != 1]
+    return "".join(
+        "1" if rng.random() < style.ones_share else str(rng.choice(others)) for _ in range(length)
+    )
+
+
+def _gap(rng: np.random.Generator, style: Handwriting, kind: str | None = None) -> int:
+    """A gap in pixels: of ``kind``, or of a kind drawn by the style's shares."""
+    if kind is None:
+        shares = [share for _, share, _, _ in style.gaps]
+        chosen = style.gaps[rng.choice(len(style.gaps), p=shares)]
+    else:
+        chosen = next(gap for gap in style.gaps if gap[0] == kind)
+    return int(rng.integers(chosen[2], chosen[3] + 1))
+
+
+def digit_pools(labels: np.ndarray) -> list[np.ndarray]:
+    """For each digit 0-9, the indices of the images of it."""
+    return [np.flatnonzero(labels == digit) for digit in range(NUM_CLASSES)]
+
+
+def compose(
+    text: str,
+    images: np.ndarray,
+    pools: list[np.ndarray],
+    rng: np.random.Generator,
+    style: Handwriting = HANDWRITING,
+    gap_kind: str | None = None,
+) -> np.ndarray:
+    """The digits of ``text``, each a random MNIST digit of that label, written side by side.
+
+    (N, 28, 28) uint8 digits and their ``digit_pools`` -> (H, W) float32 ink in [0, 1], light
+    on dark. ``gap_kind``
+    ("apart", "close", "touching") fixes the kind of every gap; by default each is drawn.
+    """
+    height = IMAGE_SIDE + 2 * int(np.ceil(style.baseline_pixels)) + 8
+    pieces, gaps = [], []
+    for position, character in enumerate(text):
+        image = images[rng.choice(pools[int(character)])]
+        side = max(1, round(IMAGE_SIDE * rng.uniform(*style.digit_scale)))
+        resized = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
+        digit = np.asarray(resized, np.float32) / 255
+        columns = np.flatnonzero(digit.max(axis=0) > 0.1)
+        if columns.size:
+            digit = digit[:, columns.min() : columns.max() + 1]
+        pieces.append(digit)
+        if position:
+            gaps.append(_gap(rng, style, gap_kind))
+    width = sum(piece.shape[1] for piece in pieces) + sum(gaps) + 2 * height
+    canvas = np.zeros((height, max(width, 1)), np.float32)
+    left = height // 2
+    for index, piece in enumerate(pieces):
+        if index:
+            left += gaps[index - 1]
+        shift = rng.uniform(-style.baseline_pixels, style.baseline_pixels)
+        top = int(round((height - piece.shape[0]) / 2 + shift))
+        top = min(max(top, 0), height - piece.shape[0])
+        region = canvas[top : top + piece.shape[0], left : left + piece.shape[1]]
+        np.maximum(region, piece[: region.shape[0], : region.shape[1]], out=region)
+        left += piece.shape[1]
+    canvas = _slant(canvas, rng.uniform(-style.slant, style.slant))
+    pen = rng.random()
+    if pen < style.thin_share:
+        canvas = ndimage.grey_erosion(canvas, size=(2, 2)) * 0.5 + canvas * 0.5
+    elif pen < style.thin_share + style.thick_share:
+        canvas = ndimage.grey_dilation(canvas, size=(2, 2))
+    columns = np.flatnonzero(canvas.max(axis=0) > 0.05)
+    return canvas[:, columns.min() : columns.max() + 1] if columns.size else canvas
+
+
+def _slant(image: np.ndarray, shear: float) -> np.ndarray:
+    """Shear about the middle row: positive leans the tops to the right, like italics."""
+    height, width = image.shape
+    pad = int(np.ceil(abs(shear) * height / 2)) + 1
+    middle = (height - 1) / 2
+    # output (x, y) reads input (x - pad + shear * (y - middle), y)
+    sheared = Image.fromarray(image, "F").transform(
+        (width + 2 * pad, height),
+        Image.Transform.AFFINE,
+        (1.0, shear, -pad - shear * middle, 0.0, 1.0, 0.0),
+        Image.Resampling.BILINEAR,
+    )
+    return np.asarray(sheared)
+
+
+def photograph(ink: np.ndarray, rng: np.random.Generator, height: int | None = None) -> bytes:
+    """Ink (light on dark, any size) -> JPEG bytes of it written on paper and photographed.
+
+    Dark pen on light paper (sometimes the reverse), the writing 40-120 px tall at a random
+    place, uneven light, noise, blur, a colour tint and JPEG quality 40-90.
+    """
+    height = height or int(rng.integers(40, 121))
+    scale = height / ink.shape[0]
+    width = max(1, round(ink.shape[1] * scale))
+    written = Image.fromarray(np.clip(ink * 255, 0, 255).astype(np.uint8))
+    ink = np.asarray(written.resize((width, height), Image.Resampling.BICUBIC), np.float32) / 255
+    canvas = np.full(
+        (height + int(rng.integers(10, 80)), width + int(rng.integers(20, 160))),
+        rng.uniform(0.7, 0.95),
+        np.float32,
+    )
+    top = int(rng.integers(0, canvas.shape[0] - height + 1))
+    left = int(rng.integers(0, canvas.shape[1] - width + 1))
+    region = canvas[top : top + height, left : left + width]
+    region[:] = region * (1 - ink) + rng.uniform(0.0, 0.3) * ink
+    ys, xs = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]
+    angle, light = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.3)
+    gradient = np.cos(angle) * xs / canvas.shape[1] + np.sin(angle) * ys / canvas.shape[0]
+    canvas *= 1 - light * (gradient + 1) / 2
+    canvas += rng.normal(0, rng.uniform(0.0, 0.05), canvas.shape).astype(np.float32)
+    if rng.random() < 0.1:  # chalk on a board, a screen
+        canvas = 1 - canvas
+    rgb = np.clip(canvas[..., None] * rng.uniform(0.8, 1.0, 3) * 255, 0, 255).astype(np.uint8)
+    image = Image.fromarray(rgb, "RGB").filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.2)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(rng.integers(40, 91)))
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------ numbers for the number reader
+
+
+@dataclass
+class Numbers:
+    """Written numbers as the reader sees them, with their truth."""
+
+    strips: np.ndarray  # (N, 28, 224) uint8, from preprocess.fit_strip
+    texts: list[str]
+    photographed: np.ndarray  # (N,) bool: went through photograph() and prepare_strip()
+
+    def targets(self, max_length: int) -> np.ndarray:
+        """(N, max_length) int32: digit d as d + 1, padded with 0 (CTC's blank)."""
+        targets = np.zeros((len(self.texts), max_length), np.int32)
+        for row, text in enumerate(self.texts):
+            targets[row, : len(text)] = [int(character) + 1 for character in text]
+        return targets
+
+
+_SOURCE: tuple[np.ndarray, list] | None = None  # the digits and their pools, in each worker
+CHUNK = 256  # numbers per worker task
+
+
+def _in_workers(function, tasks: list, workers: int | None, initializer=None, initargs=()):
+    """``[function(task) for task in tasks]``, over one process per core.
+
+    "spawn", not "fork": the trainer has JAX's threads running, and forking them can deadlock.
+    Each worker gets ``initargs`` once, through ``initializer``, and one BLAS thread (the
+    workers already use every core).
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    if workers < 2:
+        if initializer:
+            initializer(*initargs)
+        return [function(task) for task in tasks]
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # read by the workers as they start
+    try:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=initializer, initargs=initargs
+        ) as pool:
+            return list(pool.map(function, tasks))
+    finally:
+        if before is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = before
+
+
+def _share_source(images: np.ndarray, labels: np.ndarray) -> None:
+    global _SOURCE
+    _SOURCE = (images, digit_pools(labels))
+
+
+def _numbers_chunk(task: tuple[int, np.random.SeedSequence, int, float, int]) -> tuple:
+    from digitlab import preprocess
+
+    count, seed, max_length, photo_share, min_length = task
+    images, pools = _SOURCE
+    rng = np.random.default_rng(seed)
+    strips = np.zeros((count, IMAGE_SIDE, STRIP_WIDTH), np.uint8)
+    texts, photographed = [], np.zeros(count, bool)
+    for index in range(count):
+        text = random_text(int(rng.integers(min_length, max_length + 1)), rng)
+        ink = compose(text, images, pools, rng)
+        if rng.random() < photo_share:
+            try:  # small photos: cheaper to make, and the hardest to read
+                photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
+                strips[index] = preprocess.prepare_strip(photo).image
+                photographed[index] = True
+            except preprocess.ImageError:  # too faint once photographed: use it clean
+                strips[index] = preprocess.fit_strip(ink)[0]
+        else:
+            strips[index] = preprocess.fit_strip(ink)[0]
+        texts.append(text)
+    return strips, texts, photographed
+
+
+def make_numbers(
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    seed: int,
+    max_length: int = 10,
+    photo_share: float = 0.0,
+    min_length: int = 1,
+    workers: int | None = None,
+) -> Numbers:
+    """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``,
+    ``photo_share`` of them photographed and read back as a person's photo would be.
+
+    Spread over one process per core (a number takes ~4 ms, ~20 ms photographed); the same
+    ``seed`` gives the same numbers whatever the number of workers.
+    """
+    seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
+    tasks = [
+        (min(CHUNK, count - start), chunk_seed, max_length, photo_share, min_length)
+        for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)
+    ]
+    parts = _in_workers(_numbers_chunk, tasks, workers, _share_source, (images, labels))
+    if not parts:
+        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], np.zeros(0, bool))
+    return Numbers(
+        np.concatenate([part[0] for part in parts]),
+        [text for part in parts for text in part[1]],
+        np.concatenate([part[2] for part in parts]),
+    )
+
+
+# -------------------------------------------------------------- things that are not digits
+
+# Glyphs a person could take for a digit in handwriting (O/0, I/l/1, S/5, Z/2, B/8, g/q/9, b/6,
+# G/6; brackets, slashes and "!" look like a 1): neither trained on as "not a digit" nor
+# counted as one.
+DIGIT_LIKE = "OoDQIlijJSsZzBbGgqT()/\\|![]{}"
+GLYPHS = "".join(
+    character
+    for character in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#%&@?+=*$<>~^"
+    if character not in DIGIT_LIKE
+)
+# Fonts the reject class is trained on; the benchmark tests on other (handwriting) fonts.
+TRAINING_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
+                  "LiberationSans-Regular.ttf", "LiberationSerif-Italic.ttf")  # fmt: skip
+NON_DIGIT_CANVAS = 84  # px: non-digits are drawn this large, then prepared like a person's image
+
+
+def _training_fonts() -> list:
+    """The training fonts this machine has, else Pillow's own scalable font."""
+    from PIL import ImageFont
+
+    fonts = []
+    for name in TRAINING_FONTS:
+        try:
+            fonts.append(lambda size, name=name: ImageFont.truetype(name, size))
+            fonts[-1](12)
+        except OSError:
+            fonts.pop()
+    return fonts or [lambda size: ImageFont.load_default(size=size)]
+
+
+def _glyph(rng: np.random.Generator, fonts: list, glyphs: str = GLYPHS) -> np.ndarray:
+    from PIL import ImageDraw
+
+    image = Image.new("L", (NON_DIGIT_CANVAS, NON_DIGIT_CANVAS), 0)
+    draw = ImageDraw.Draw(image)
+    font = fonts[int(rng.integers(len(fonts)))](int(rng.integers(36, 60)))
+    glyph = glyphs[int(rng.integers(len(glyphs)))]
+    left, top, right, bottom = draw.textbbox((0, 0), glyph, font=font)
+    x = (NON_DIGIT_CANVAS - (right - left)) / 2 - left
+    y = (NON_DIGIT_CANVAS - (bottom - top)) / 2 - top
+    draw.text((x, y), glyph, fill=255, font=font, stroke_width=int(rng.integers(0, 3)),
+              stroke_fill=255)  # fmt: skip
+    return np.asarray(image.rotate(rng.uniform(-15, 15), Image.Resampling.BILINEAR))
+
+
+def _scribble(rng: np.random.Generator) -> np.ndarray:
+    from PIL import ImageDraw
+
+    image = Image.new("L", (NON_DIGIT_CANVAS, NON_DIGIT_CANVAS), 0)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 7))):
+        points = [tuple(rng.uniform(8, NON_DIGIT_CANVAS - 8, 2)) for _ in range(rng.integers(2, 7))]
+        draw.line(points, fill=255, width=int(rng.integers(4, 10)), joint="curve")
+    return np.asarray(image)
+
+
+def _shapes(rng: np.random.Generator) -> np.ndarray:
+    """Filled shapes, alone or overlapping: silhouettes of things, not strokes."""
+    from PIL import ImageDraw
+
+    image = Image.new("L", (NON_DIGIT_CANVAS, NON_DIGIT_CANVAS), 0)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(1, 4))):
+        box = sorted(rng.uniform(4, NON_DIGIT_CANVAS - 4, 2)), sorted(rng.uniform(4, 80, 2))
+        corners = [box[0][0], box[1][0], box[0][1] + 6, box[1][1] + 6]
+        shade = int(rng.integers(120, 256))
+        if rng.random() < 0.5:
+            draw.ellipse(corners, fill=shade)
+        else:
+            points = [
+                tuple(rng.uniform(4, NON_DIGIT_CANVAS - 4, 2)) for _ in range(rng.integers(3, 7))
+            ]
+            draw.polygon(points, fill=shade)
+    return np.asarray(image)
+
+
+def _noise(rng: np.random.Generator) -> np.ndarray:
+    side = NON_DIGIT_CANVAS
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return rng.integers(0, 256, (side, side)).astype(np.uint8)
+    if kind == 1:
+        return ((rng.random((side, side)) < rng.uniform(0.05, 0.4)) * 255).astype(np.uint8)
+    # 1/f ("pink") noise, the spectrum of natural images, thresholded half of the time
+    frequencies = np.sqrt(np.add.outer(np.fft.fftfreq(side) ** 2, np.fft.fftfreq(side) ** 2))
+    frequencies[0, 0] = 1
+    spectrum = (rng.normal(size=(side, side)) + 1j * rng.normal(size=(side, side))) / frequencies
+    field = np.real(np.fft.ifft2(spectrum))
+    field = (field - field.min()) / max(field.max() - field.min(), 1e-9)
+    if rng.random() < 0.5:
+        field = (field > np.quantile(field, rng.uniform(0.6, 0.85))).astype(float)
+    return (field * 255).astype(np.uint8)
+
+
+def non_digit_drawings(count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``count`` images that are not digits, light on dark, ``NON_DIGIT_CANVAS`` px: letters
+    and symbols in the training fonts, scribbles, filled shapes and noise, in equal shares."""
+    fonts = _training_fonts()
+    makers = [lambda: _glyph(rng, fonts), lambda: _scribble(rng), lambda: _shapes(rng),
+              lambda: _noise(rng)]  # fmt: skip
+    return [makers[index % len(makers)]() for index in range(count)]
+
+
+def _non_digits_chunk(task: tuple[int, np.random.SeedSequence]) -> list[np.ndarray]:
+    from digitlab import preprocess
+
+    count, seed = task
+    prepared = [
+        preprocess._prepare_or_error(drawing)
+        for drawing in non_digit_drawings(count, np.random.default_rng(seed))
+    ]
+    return [item for item in prepared if not isinstance(item, preprocess.ImageError)]
+
+
+def prepared_non_digits(count: int, seed: int, workers: int | None = None) -> np.ndarray:
+    """``non_digit_drawings`` prepared as a person's images are (``preprocess.prepare_image``):
+    the 28x28 inputs a digit model gets from them. Those in which preprocessing finds no ink
+    at all are left out (they never reach a model). (M <= count, 28, 28) uint8."""
+    seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
+    tasks = [(min(CHUNK, count - start), chunk_seed)
+             for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)]  # fmt: skip
+    kept = [image for part in _in_workers(_non_digits_chunk, tasks, workers) for image in part]
+    return np.stack(kept) if kept else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)

@@ -1,0 +1,122 @@
+"""Composed numbers, the strip the reader sees, CTC decoding and the non-digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_digits
+from digitlab import evaluation, models, preprocess, synthetic
+from digitlab.config import IMAGE_SIDE, STRIP_MARGIN, STRIP_WIDTH
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = make_digits(200, seed=3)
+    return images, synthetic.digit_pools(labels)
+
+
+def ink_columns(ink: np.ndarray) -> int:
+    return int(np.count_nonzero(ink.max(axis=0) > 0.05))
+
+
+def test_touching_digits_overlap_and_apart_ones_leave_gaps(digits):
+    images, pools = digits
+    style = synthetic.Handwriting(slant=0.0, thin_share=0.0, thick_share=0.0)
+    apart = synthetic.compose("4747", images, pools, np.random.default_rng(0), style, "apart")
+    touching = synthetic.compose("4747", images, pools, np.random.default_rng(0), style, "touching")
+    # the same digits (same seed): apart, blank columns separate them; touching, none do
+    assert ink_columns(apart) < apart.shape[1]
+    assert ink_columns(touching) == touching.shape[1]
+    assert touching.shape[1] < apart.shape[1]
+
+
+def test_random_text_has_its_share_of_ones():
+    text = synthetic.random_text(5000, np.random.default_rng(1))
+    assert set(text) <= set("0123456789") and len(text) == 5000
+    assert 0.17 < text.count("1") / len(text) < 0.23
+
+
+def test_fit_strip_scales_a_number_to_mnist_height_left_aligned(digits):
+    images, pools = digits
+    ink = synthetic.compose("305", images, pools, np.random.default_rng(2))
+    strip, ink_width = preprocess.fit_strip(ink)
+    assert strip.shape == (IMAGE_SIDE, STRIP_WIDTH) and strip.dtype == np.uint8
+    rows = np.flatnonzero(strip.max(axis=1) > 30)
+    columns = np.flatnonzero(strip.max(axis=0) > 30)
+    assert 17 <= rows[-1] - rows[0] + 1 <= 22  # MNIST's 20 px box
+    assert columns[0] >= STRIP_MARGIN - 1 and columns[-1] < STRIP_MARGIN + ink_width + 1
+
+
+def test_a_long_number_is_squeezed_to_fit_the_strip(digits):
+    images, pools = digits
+    ink = synthetic.compose("1234567890" * 2, images, pools, np.random.default_rng(3))
+    strip, ink_width = preprocess.fit_strip(ink)
+    assert ink_width == STRIP_WIDTH - 2 * STRIP_MARGIN
+    rows = np.flatnonzero(strip.max(axis=1) > 30)
+    assert rows[-1] - rows[0] + 1 < 20  # shrunk in height along with the width
+
+
+def test_prepare_strip_maps_strip_columns_back_to_the_image():
+    """Two blobs at known places in a photo-sized image: source_x finds them again."""
+    image = np.full((120, 400), 255, np.uint8)
+    image[30:90, 100:112] = 0  # a stroke at x 100-112
+    image[30:90, 250:300] = 0  # a block at x 250-300
+    strip = preprocess.prepare_strip(image)
+    assert strip.ink_left == pytest.approx(100, abs=2)
+    assert strip.ink_right == pytest.approx(300, abs=2)
+    assert strip.source_x(STRIP_MARGIN) == pytest.approx(100, abs=2)
+    assert strip.source_x(STRIP_MARGIN + strip.ink_width) == pytest.approx(300, abs=2)
+
+
+def test_make_numbers_is_the_same_for_any_number_of_workers(digits):
+    images, _ = make_digits(200, seed=3)
+    labels = make_digits(200, seed=3)[1]
+    one = synthetic.make_numbers(images, labels, 300, seed=5, max_length=4, workers=1)
+    two = synthetic.make_numbers(images, labels, 300, seed=5, max_length=4, workers=2)
+    assert one.texts == two.texts and np.array_equal(one.strips, two.strips)
+    assert all(1 <= len(text) <= 4 for text in one.texts)
+    targets = one.targets(4)
+    assert targets.shape == (300, 4)
+    assert [int(v) - 1 for v in targets[0] if v] == [int(c) for c in one.texts[0]]
+
+
+def steps(*labels: int, sure: float = 0.9) -> np.ndarray:
+    """Reader output for one number: at each step, ``sure`` on that class (0: blank)."""
+    output = np.full((len(labels), models.READER_CLASSES), (1 - sure) / 10)
+    output[np.arange(len(labels)), labels] = sure
+    return output[None]
+
+
+def test_ctc_decode_merges_repeats_and_drops_blanks():
+    # "1", "1" (one digit over two steps), blank, "1" again (a second 1), blank, "7"
+    [number] = models.ctc_decode(steps(0, 2, 2, 0, 2, 0, 0, 8, 0))
+    assert [digit.label for digit in number] == [1, 1, 7]
+    assert [digit.step for digit in number] == [1, 4, 7]
+    for digit in number:
+        assert digit.probabilities.sum() == pytest.approx(1)
+        assert digit.probabilities.argmax() == digit.label
+    assert models.ctc_decode(steps(0, 0, 0)) == [[]]  # nothing written: no digits
+
+
+def test_ctc_loss_prefers_the_right_reading():
+    keras = pytest.importorskip("keras")
+    output = steps(0, 5, 0, 3, 0, sure=0.8).astype("float32")
+    right = models.ctc_loss(np.array([[5, 3, 0]]), output)  # digits 4, 2: classes 5, 3
+    wrong = models.ctc_loss(np.array([[3, 5, 0]]), output)
+    assert float(keras.ops.convert_to_numpy(right)[0]) < float(keras.ops.convert_to_numpy(wrong)[0])
+
+
+def test_number_scores_count_missed_extra_and_wrong_digits():
+    scores = evaluation.number_scores(["4619", "15", "7"], ["4619", "5", "71"])
+    assert scores["exact"] == pytest.approx(1 / 3)
+    assert scores["digit_accuracy"] == pytest.approx(1 - 2 / 7)  # one missed, one extra
+    assert scores["right_length"] == pytest.approx(1 / 3)
+    assert evaluation.edit_distance("0577", "67") == 3
+
+
+def test_non_digits_are_prepared_like_a_persons_images():
+    made = synthetic.prepared_non_digits(64, seed=0, workers=1)
+    assert made.dtype == np.uint8 and made.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE)
+    assert 40 <= len(made) <= 64  # some noise has no ink left once preprocessed
+    assert not set(synthetic.GLYPHS) & set(synthetic.DIGIT_LIKE)
