@@ -90,13 +90,13 @@ def main() -> None:
     photos = [Image.open(io.BytesIO(make_photo(digit, rng)[0])) for digit in digits[:count]]
     inside = {"mnist_test": scores_of(predictor, list(digits)),
               "mnist_test_photographed": scores_of(predictor, photos)}  # fmt: skip
-    drawings = synthetic.non_digit_drawings(4 * count, np.random.default_rng(SEED))
+    drawings = synthetic.non_digit_drawings(5 * count, np.random.default_rng(SEED))
     outside_sources = {
         "fashion_mnist": list(fashion[:count]),
         "letters_handwriting_fonts": typed_glyphs(synthetic.GLYPHS, count, rng),
-        "scribbles": drawings[1::4][:count],
-        "shapes": drawings[2::4][:count],
-        "noise_and_natural_patches": drawings[3::4][:count],
+        "scribbles": drawings[1::5][:count],
+        "shapes": drawings[3::5][:count],
+        "noise_and_natural_patches": drawings[4::5][:count],
     }
     digit_like = typed_glyphs(synthetic.DIGIT_LIKE, min(count, 500), rng)
     digit_scores = inside["mnist_test"]

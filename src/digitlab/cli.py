@@ -275,6 +275,49 @@ def _load_test_split(manifest: dict):
     return files, x_test, y_test
 
 
+def _reader_test(predictor):
+    """A number reader's test numbers (the same as at training), read again."""
+    from digitlab import synthetic
+    from digitlab.config import STRIP_WIDTH
+    from digitlab.evaluation import NumberEvaluation
+    from digitlab.preprocess import PreparedStrip
+
+    _, x_test, y_test = _load_test_split(predictor.manifest)
+    test = synthetic.test_numbers(x_test, y_test)
+    answers = predictor.read_strips([PreparedStrip(strip, STRIP_WIDTH) for strip in test.strips])
+    return NumberEvaluation(
+        test.strips,
+        test.texts,
+        [answer.text for answer in answers],
+        [answer.confidence for answer in answers],
+    )
+
+
+def _show_numbers(predictor, start: int, count: int, output: Path | None) -> None:
+    from digitlab import reports
+
+    test = _reader_test(predictor)
+    if start >= len(test.texts):
+        raise DigitlabError(f"--start {start} is past the last test number ({len(test.texts) - 1})")
+    chosen = range(start, min(start + count, len(test.texts)))
+    for index in chosen:
+        right = "right" if test.readings[index] == test.texts[index] else "WRONG"
+        click.echo(
+            f"      #{index:<5} {test.texts[index]:>10} read {test.readings[index]:<10} {right}"
+        )
+    output = output or predictor.folder / f"show-{start}-{len(chosen)}.png"
+    figure = reports.numbers_figure(
+        test.strips[list(chosen)],
+        [test.texts[i] for i in chosen],
+        [test.readings[i] for i in chosen],
+        [test.confidences[i] for i in chosen],
+        chosen,
+        f"test numbers {start}-{chosen[-1]}",
+    )
+    reports.save_figure(figure, output)
+    click.echo(f"plot written to {output}")
+
+
 # evaluate, show and report predict the test set the way `predict` and `serve` do (the NumPy
 # copy when the run has one): what they check is what users get. --keras checks model.keras.
 KERAS_OPTION = click.option(
@@ -294,11 +337,19 @@ def evaluate(run_dir: Path | None, use_keras: bool) -> None:
     from digitlab.training import score
 
     predictor = Predictor.from_run(run_dir, use_keras=use_keras)
-    _, x_test, y_test = _load_test_split(predictor.manifest)
-    loss, accuracy = score(predictor.predict_digits(x_test), y_test)
     recorded = predictor.manifest["metrics"]["test_accuracy"]
     click.echo(f"run            {predictor.folder}")
-    click.echo(f"test accuracy  {accuracy:.4f}  (loss {loss:.4f}, {len(x_test):,} images)")
+    if predictor.reads_numbers:
+        scores = _reader_test(predictor).scores
+        accuracy = scores["exact"]
+        click.echo(
+            f"test exact     {accuracy:.4f}  (digits {scores['digit_accuracy']:.4f}, "
+            f"{scores['numbers']:,} numbers of 1-8 digits)"
+        )
+    else:
+        _, x_test, y_test = _load_test_split(predictor.manifest)
+        loss, accuracy = score(predictor.predict_digits(x_test), y_test)
+        click.echo(f"test accuracy  {accuracy:.4f}  (loss {loss:.4f}, {len(x_test):,} images)")
     same = "same" if abs(accuracy - recorded) < 5e-4 else "DIFFERENT"
     click.echo(f"at training    {recorded:.4f}  ({same})")
 
@@ -333,6 +384,9 @@ def show(
     from digitlab.predict import Predictor
 
     predictor = Predictor.from_run(run_dir, use_keras=use_keras)
+    if predictor.reads_numbers:
+        _show_numbers(predictor, start, count, output)
+        return
     files, x_test, y_test = _load_test_split(predictor.manifest)
     if start >= len(x_test):
         raise DigitlabError(f"--start {start} is past the last test digit ({len(x_test) - 1})")
@@ -365,11 +419,17 @@ def report(run_dir: Path | None) -> None:
     from digitlab.predict import Predictor
 
     predictor = Predictor.from_run(run_dir)
-    _, x_test, y_test = _load_test_split(predictor.manifest)
-    _echo_error(f"predicting {len(x_test):,} test digits ...")
-    probabilities = predictor.predict_digits(x_test)
-    with _progress("building report", len(reports.SECTIONS)) as step:
+    if predictor.reads_numbers:
+        _echo_error("reading the test numbers ...")
+        data = reports.NumberReportData(predictor.manifest, _reader_test(predictor))
+        sections = reports.NUMBER_SECTIONS
+    else:
+        _, x_test, y_test = _load_test_split(predictor.manifest)
+        _echo_error(f"predicting {len(x_test):,} test digits ...")
+        probabilities = predictor.predict_digits(x_test)
         data = reports.ReportData(predictor.manifest, x_test, y_test, probabilities)
+        sections = reports.SECTIONS
+    with _progress("building report", len(sections)) as step:
         path = reports.build_report(predictor.folder, predictor.manifest, data, progress=step)
     click.echo(path)
 

@@ -124,6 +124,24 @@ def prediction_lines(true_labels, predicted, first_index: int = 0) -> list[str]:
 # ------------------------------------------------------------------------- whole numbers
 
 
+@dataclass
+class NumberEvaluation:
+    """A number reader's test: the numbers, what it read, and the scores by length."""
+
+    strips: np.ndarray  # (N, 28, 224) uint8
+    texts: list[str]
+    readings: list[str]
+    confidences: list[float]  # per reading: the product of its digits' confidences
+
+    @property
+    def by_length(self) -> dict[int, dict[str, float]]:
+        return number_scores_by_length(self.texts, self.readings)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return number_scores(self.texts, self.readings)
+
+
 def edit_distance(first: str, second: str) -> int:
     """Levenshtein distance: insertions, deletions and substitutions turning one into the other."""
     previous = list(range(len(second) + 1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -246,6 +247,17 @@ def _numbers_chunk(task: tuple[int, np.random.SeedSequence, int, float, int]) ->
     return strips, texts, photographed
 
 
+TEST_NUMBERS = 2_000  # a number reader's test: composed from MNIST's test digits
+TEST_SEED = 2026  # the same test numbers for every run, whatever its seed
+TEST_MAX_LENGTH = 8
+
+
+def test_numbers(images: np.ndarray, labels: np.ndarray) -> Numbers:
+    """The number reader's test set: TEST_NUMBERS numbers of 1-8 digits from ``images`` (the
+    test digits), the same for every run; clean (photographs are the benchmark's)."""
+    return make_numbers(images, labels, TEST_NUMBERS, TEST_SEED, TEST_MAX_LENGTH)
+
+
 def make_numbers(
     images: np.ndarray,
     labels: np.ndarray,
@@ -288,9 +300,10 @@ GLYPHS = "".join(
     for character in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#%&@?+=*$<>~^"
     if character not in DIGIT_LIKE
 )
-# Fonts the reject class is trained on; the benchmark tests on other (handwriting) fonts.
-TRAINING_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf",
-                  "LiberationSans-Regular.ttf", "LiberationSerif-Italic.ttf")  # fmt: skip
+# Font families the reject class is trained on, every style of them this machine has (Debian's
+# fonts-dejavu-core and fonts-liberation); the benchmark tests on other (handwriting) fonts.
+TRAINING_FONT_FAMILIES = ("DejaVu", "Liberation")
+FONT_FOLDER = Path("/usr/share/fonts")
 NON_DIGIT_CANVAS = 84  # px: non-digits are drawn this large, then prepared like a person's image
 
 
@@ -298,13 +311,12 @@ def _training_fonts() -> list:
     """The training fonts this machine has, else Pillow's own scalable font."""
     from PIL import ImageFont
 
-    fonts = []
-    for name in TRAINING_FONTS:
-        try:
-            fonts.append(lambda size, name=name: ImageFont.truetype(name, size))
-            fonts[-1](12)
-        except OSError:
-            fonts.pop()
+    paths = sorted(
+        path
+        for path in (FONT_FOLDER.rglob("*.ttf") if FONT_FOLDER.is_dir() else [])
+        if path.name.startswith(TRAINING_FONT_FAMILIES) and "Math" not in path.name
+    )
+    fonts = [lambda size, path=path: ImageFont.truetype(str(path), size) for path in paths]
     return fonts or [lambda size: ImageFont.load_default(size=size)]
 
 
@@ -374,10 +386,11 @@ def _noise(rng: np.random.Generator) -> np.ndarray:
 
 def non_digit_drawings(count: int, rng: np.random.Generator) -> list[np.ndarray]:
     """``count`` images that are not digits, light on dark, ``NON_DIGIT_CANVAS`` px: letters
-    and symbols in the training fonts, scribbles, filled shapes and noise, in equal shares."""
+    and symbols in the training fonts (two in five: the hardest to tell from digits),
+    scribbles, filled shapes and noise."""
     fonts = _training_fonts()
-    makers = [lambda: _glyph(rng, fonts), lambda: _scribble(rng), lambda: _shapes(rng),
-              lambda: _noise(rng)]  # fmt: skip
+    makers = [lambda: _glyph(rng, fonts), lambda: _scribble(rng), lambda: _glyph(rng, fonts),
+              lambda: _shapes(rng), lambda: _noise(rng)]  # fmt: skip
     return [makers[index % len(makers)]() for index in range(count)]
 
 
@@ -400,4 +413,26 @@ def prepared_non_digits(count: int, seed: int, workers: int | None = None) -> np
     tasks = [(min(CHUNK, count - start), chunk_seed)
              for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)]  # fmt: skip
     kept = [image for part in _in_workers(_non_digits_chunk, tasks, workers) for image in part]
+    return np.stack(kept) if kept else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+
+
+def _photographed_chunk(task: tuple[np.ndarray, np.random.SeedSequence]) -> list:
+    from digitlab import preprocess
+
+    digits, seed = task
+    rng = np.random.default_rng(seed)
+    prepared = [
+        preprocess._prepare_or_error(photograph(digit.astype(np.float32) / 255, rng))
+        for digit in digits
+    ]
+    return [item for item in prepared if not isinstance(item, preprocess.ImageError)]
+
+
+def photographed_digits(digits: np.ndarray, seed: int, workers: int | None = None) -> np.ndarray:
+    """MNIST digits photographed on paper (``photograph``) and prepared back to 28x28, as a
+    user's photo of them would be. (N, 28, 28) uint8 -> (M <= N, 28, 28) uint8."""
+    seeds = np.random.SeedSequence(seed).spawn(-(-len(digits) // CHUNK))
+    tasks = [(digits[start : start + CHUNK], chunk_seed)
+             for start, chunk_seed in zip(range(0, len(digits), CHUNK), seeds, strict=True)]  # fmt: skip
+    kept = [image for part in _in_workers(_photographed_chunk, tasks, workers) for image in part]
     return np.stack(kept) if kept else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)

@@ -44,7 +44,7 @@ class TrainResult:
     test_probabilities: np.ndarray | None = None  # (N_test, 10), for the report
     best_epoch: int | None = None  # 1-based, the epoch whose weights were kept (with validation)
     stopped_after: int | None = None  # the last epoch run, when early stopping ended training
-    numbers: NumberEvaluation | None = None  # a number reader's test numbers and readings
+    numbers: evaluation.NumberEvaluation | None = None  # a reader's test numbers, as read
     rejection: dict | None = None  # the "not a digit" rule (calibrate_rejection)
 
     @property
@@ -192,17 +192,6 @@ def augmented_batches(
     return AugmentedBatches()
 
 
-@dataclass
-class NumberEvaluation:
-    """A number reader's test: the numbers, what it read, and the scores."""
-
-    strips: np.ndarray  # (N, 28, 224) uint8
-    texts: list[str]
-    readings: list[str]
-    confidences: list[float]  # per reading: the product of its digits' confidences
-    by_length: dict[int, dict[str, float]]
-
-
 def read_numbers(model: keras.Model, strips: np.ndarray) -> tuple[list[str], list[float]]:
     """(N, 28, 224) uint8 strips -> what the reader reads in each, and how sure it is."""
     inputs = strips[..., None].astype("float32") / 255
@@ -216,8 +205,6 @@ def read_numbers(model: keras.Model, strips: np.ndarray) -> tuple[list[str], lis
 
 
 READER_MAX_LENGTH = 10  # digits in the longest number the reader is trained on
-READER_TEST_NUMBERS = 2_000  # composed from MNIST's test digits
-READER_TEST_SEED = 2026  # the same test numbers for every run, whatever its seed
 READER_TRAIN_SCORED = 2_000  # training numbers read again for the train accuracy
 
 
@@ -289,7 +276,7 @@ def train_reader(
         if held_out
         else None
     )
-    test = synthetic.make_numbers(x_test, y_test, READER_TEST_NUMBERS, READER_TEST_SEED, 8)
+    test = synthetic.test_numbers(x_test, y_test)
     report(
         f"[3/6] composed {len(training.texts):,} training numbers of 1-{READER_MAX_LENGTH} "
         f"digits from {fit_count:,} training digits ({training.photographed.mean():.0%} "
@@ -362,13 +349,7 @@ def train_reader(
         first_confidences=confidences[:shown],
         best_epoch=keep_best.best_epoch or None,
         stopped_after=keep_best.stopped_after or None,
-        numbers=NumberEvaluation(
-            test.strips,
-            test.texts,
-            readings,
-            confidences,
-            evaluation.number_scores_by_length(test.texts, readings),
-        ),  # fmt: skip
+        numbers=evaluation.NumberEvaluation(test.strips, test.texts, readings, confidences),
     )
     report(f"[5/6] read the first {shown} test numbers:")
     for text, reading in zip(test.texts[:shown], readings[:shown], strict=True):
@@ -487,9 +468,15 @@ def train(
     # All training images, as the tutorial measures them: unaugmented, held-out ones included.
     train_outputs = model.predict(train_inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
     train_loss, train_accuracy = score(models.split_rejection(train_outputs)[0], y_train)
-    # Calibrated on digits the model did not train on when there are any (else on all of them).
+    # Calibrated on digits the model did not train on when there are any (else on all of them),
+    # as they are and, for a model with a "not a digit" output, photographed too.
     calibration = train_outputs[fit_count:] if held_out else train_outputs
-    rejection = calibrate_rejection(models.split_rejection(calibration)[1], kind.rejects)
+    scores = [models.split_rejection(calibration)[1]]
+    if kind.rejects and held_out:
+        photos = _photographed(x_train[fit_count:], config.seed, report)
+        photo_outputs = model.predict(models.prepare(photos, input_shape), verbose=0)
+        scores.append(models.split_rejection(photo_outputs)[1])
+    rejection = calibrate_rejection(scores, kind.rejects)
     result = TrainResult(
         model=model,
         config=config,
@@ -517,22 +504,39 @@ def train(
 # issue #11 allows on MNIST's test digits, leaving room for photographed digits, which score
 # lower.
 REJECTION_RATE = 0.005
-NON_DIGITS_TRAINED = 4_000  # drawn non-digits, re-augmented every epoch
+NON_DIGITS_TRAINED = 6_000  # drawn non-digits, re-augmented every epoch
 NON_DIGITS_VALIDATED = 1_000
 
 
-def calibrate_rejection(digit_scores: np.ndarray, rejects: bool) -> dict:
+def calibrate_rejection(digit_scores: list[np.ndarray], rejects: bool) -> dict:
     """The rule that says "not a digit": a score below ``threshold``.
 
     The score is 1 - P(not a digit) for a model with that output, else the top probability.
-    The threshold rejects REJECTION_RATE of ``digit_scores`` (held-out digits).
+    The threshold rejects at most REJECTION_RATE of each set of ``digit_scores`` (held-out
+    digits as they are, and photographed).
     """
+    threshold = min(float(np.quantile(scores, REJECTION_RATE)) for scores in digit_scores)
     return {
         "score": "1 - P(not a digit)" if rejects else "top probability",
-        "threshold": float(np.quantile(digit_scores, REJECTION_RATE)),
+        "threshold": threshold,
         "rejected_share_of_calibration_digits": REJECTION_RATE,
-        "calibration_digits": int(len(digit_scores)),
+        "calibration_digits": [int(len(scores)) for scores in digit_scores],
     }
+
+
+PHOTOGRAPHED_CALIBRATION = 2_000  # held-out digits photographed for the calibration
+
+
+def _photographed(digits: np.ndarray, seed: int, report: Report) -> np.ndarray:
+    from digitlab import synthetic
+
+    started = time.perf_counter()
+    photos = synthetic.photographed_digits(digits[:PHOTOGRAPHED_CALIBRATION], seed)
+    report(
+        f"      photographed {len(photos):,} held-out digits to calibrate 'not a digit' "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+    return photos
 
 
 def _non_digits(config: TrainConfig, fit_count: int, held_out: int, report: Report):
