@@ -150,7 +150,7 @@ def reader_run(tmp_path_factory, mnist_files, mnist_arrays) -> Path:
     return artifacts.save_run(result, mnist_files, x_test, y_test, root=root)
 
 
-READER_TEST_NUMBERS = 10_000
+READER_TEST_NUMBERS = 12_000
 READER_TEST_EPOCHS = 3
 
 

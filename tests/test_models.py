@@ -60,7 +60,9 @@ def test_a_kind_fills_only_what_the_caller_left_out():
 
 
 def test_an_unknown_model_is_a_clear_error():
-    with pytest.raises(models.DigitlabError, match="unknown model 'rnn': choose one of mlp, cnn, reader"):
+    with pytest.raises(
+        models.DigitlabError, match="unknown model 'rnn': choose one of mlp, cnn, reader"
+    ):
         models.get("rnn")
 
 

@@ -111,7 +111,7 @@ def test_plain_final_epochs_are_unaugmented_and_at_most_half_the_run():
 
 @pytest.mark.slow
 def test_the_cnn_reaches_its_accuracy_on_real_mnist(real_mnist, tmp_path):
-    """The CNN with its defaults, as `digitlab train --model cnn` runs it (~3 minutes).
+    """The CNN with its defaults, as `digitlab train --model cnn` runs it (~6 minutes).
 
     benchmarks/model_accuracy.py measures the mean over seeds; a single seed is held to the
     floor every seed must clear, 99.4%. Its saved copy predicts the same without Keras.
@@ -130,3 +130,15 @@ def test_the_cnn_reaches_its_accuracy_on_real_mnist(real_mnist, tmp_path):
     predictor = Predictor.from_run(folder)
     probabilities = predictor.predict_digits(x_test[:500])
     np.testing.assert_allclose(probabilities, result.test_probabilities[:500], atol=1e-4)
+
+    # "Not a digit": few test digits rejected, most made non-digits (other seeds than
+    # training's) rejected; the answers say so and keep their likeliest digit.
+    from digitlab import synthetic
+
+    threshold = predictor.rejection_threshold
+    assert result.rejection["score"] == "1 - P(not a digit)" and 0 < threshold < 1
+    _, digit_scores = predictor.scored_digits(x_test)
+    assert np.mean(digit_scores < threshold) <= 0.015
+    others = synthetic.prepared_non_digits(300, seed=77)
+    answers = predictor.predict(list(others))
+    assert np.mean([answer.is_digit is False for answer in answers]) >= 0.85

@@ -132,8 +132,9 @@ def build_cnn(dropout_rate: float = 0.1) -> keras.Sequential:
 register(
     ModelKind(
         name="cnn",
-        description="convolutions with batch norm, dropout, augmentation and a learning-rate "
-        "schedule, 12 epochs: 99.5% on MNIST in about 3 minutes on 2 cores",
+        description="convolutions with batch norm, dropout, augmentation (other writers' pens, "
+        "scans and slants too), a learning-rate schedule and a 'not a digit' output, 12 "
+        "epochs: 99.5% on MNIST in about 6 minutes on 2 cores",
         build=build_cnn,
         input_shape=(IMAGE_SIDE, IMAGE_SIDE, 1),
         rejects=True,

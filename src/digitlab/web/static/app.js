@@ -190,7 +190,7 @@ function show(answer) {
   seen.src = `data:image/png;base64,${answer.input_png}`;
   const strip = answer.reader === "number reader";
   seen.style.width = strip ? "448px" : `${112 * digits.length}px`;
-  seen.style.height = strip ? "56px" : "112px";
+  seen.style.height = strip ? "auto" : "112px"; // a strip keeps its shape in a narrow panel
   document.getElementById("seen-caption").textContent = strip
     ? "What the number reader saw (the whole number, 28 px tall)"
     : "What the model saw (28\u00d728, like MNIST)";
