@@ -757,7 +757,8 @@ def serve(
 
     import uvicorn
 
-    from digitlab.predict import Predictor
+    from digitlab import artifacts
+    from digitlab.predict import SEGMENT, Predictor
     from digitlab.web.app import create_app
 
     _check_can_listen(host, port)
@@ -767,8 +768,11 @@ def serve(
             f"{predictor.folder} is a number reader: give it as --reader, and a digit model "
             "(or none: runs/latest) as --run"
         )
-    number_reader = Predictor.for_numbers(None, reader)
-    number_reader = number_reader if number_reader.reads_numbers else None
+    number_reader = None  # None: blob segmentation with the digit model
+    if reader not in (None, SEGMENT):
+        number_reader = Predictor.for_numbers(reader=reader)  # refuses a digit model's run
+    elif reader is None and artifacts.latest_reader() is not None:
+        number_reader = Predictor.from_run(artifacts.latest_reader())
     limits = dataclasses.replace(
         SERVE_DEFAULTS,
         max_body_bytes=int(max_body_mb * 2**20),
