@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export KERAS_BACKEND ?= jax
 
-.PHONY: run test test-fast bench bench-compare lint data data-fashion system-packages clean
+.PHONY: run test test-fast bench bench-compare lint data data-fashion system-packages clean \
+	ready-models ready-models-install
 
 # The package and its runtime dependencies; redone when pyproject.toml changes.
 $(BIN)/digitlab: pyproject.toml
@@ -14,7 +15,7 @@ $(BIN)/digitlab: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(BIN)/digitlab
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export]'
 	touch $@
 
 data: $(BIN)/digitlab
@@ -67,6 +68,20 @@ bench: $(VENV)/.dev data data-fashion
 	cd benchmarks && ../$(BIN)/python not_a_digit.py --run ../runs/latest
 	$(BIN)/digitlab train --model reader
 	cd benchmarks && ../$(BIN)/python number_reading.py
+
+# The ready-made models shipped in src/digitlab/ready/, trained again by digitlab itself with
+# fixed seeds (~16 minutes on 2 cores), then checked against the shipped ones: same data and
+# settings, test accuracy within scripts/ready_models.py's tolerance. ready-models-install
+# then ships the rebuilt ones.
+READY_RUNS := build/ready-runs
+ready-models: $(VENV)/.dev data system-packages
+	rm -rf $(READY_RUNS)
+	DIGITLAB_RUNS=$(READY_RUNS) $(BIN)/digitlab train --model cnn --seed 0
+	DIGITLAB_RUNS=$(READY_RUNS) $(BIN)/digitlab train --model reader --seed 0
+	$(BIN)/python scripts/ready_models.py check $(READY_RUNS)
+
+ready-models-install:
+	$(BIN)/python scripts/ready_models.py install $(READY_RUNS)
 
 # The tutorial's own stack, in its own environment: tf.keras on TensorFlow's CPU build.
 TF_VENV := .venv-tf

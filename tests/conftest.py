@@ -209,21 +209,47 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def browser():
-    """Debian's headless Chromium driven by Playwright (its own browser download cannot work)."""
+def chromium_executable() -> str:
     import shutil
-
-    from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium") or CHROMIUM
     if not Path(executable).exists():
         pytest.fail(
             "chromium is not installed: run `make system-packages` (apt-get install chromium)"
         )
+    return executable
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium driven by Playwright (its own browser download cannot work)."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+            executable_path=chromium_executable(), headless=True, args=CHROMIUM_ARGS
         )
         yield browser
         browser.close()
+
+
+STROKES = {
+    # Digits as pen strokes in a 0-1 box (x right, y down), drawn with the mouse.
+    "1": [[(0.52, 0.12), (0.50, 0.88)]],
+    "7": [[(0.22, 0.15), (0.78, 0.15), (0.45, 0.88)]],
+    "0": [[(0.5 + 0.24 * np.sin(t), 0.5 - 0.36 * np.cos(t)) for t in np.linspace(0, 6.4, 40)]],
+}
+
+
+def draw(page, strokes) -> None:
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for start, end in zip(points, points[1:], strict=False):
+            for step in np.linspace(0, 1, 6)[1:]:  # several moves per segment, like a hand
+                page.mouse.move(
+                    start[0] + step * (end[0] - start[0]), start[1] + step * (end[1] - start[1])
+                )
+        page.mouse.up()

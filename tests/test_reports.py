@@ -43,8 +43,11 @@ def test_train_writes_a_report_with_every_section(tiny_run):
     for section in SECTIONS:
         assert f"id='{section}'" in page
     assert "http://" not in page and "https://" not in page  # nothing to fetch: works offline
-    images = 4 if "No test digit is wrong" in page else 5  # the mistakes grid, if any
+    # the mistakes grid and the maps of why, if any mistakes
+    images = 4 if "No test digit is wrong" in page else 6
     assert len(re.findall(r'src="data:image/png;base64,', page)) == images
+    if images == 6:
+        assert "Why it said that" in page
     assert "Expected calibration error" in page and "Total parameters" in page
 
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from conftest import serving
+from conftest import STROKES, draw, serving
 from digitlab.config import ServeConfig
 from digitlab.predict import Predictor
 from digitlab.schemas import DigitAnswer, NumberAnswer
@@ -230,28 +230,6 @@ def served(mnist_run, tmp_path_factory):
         yield url
 
 
-STROKES = {
-    # Digits as pen strokes in a 0-1 box (x right, y down), drawn with the mouse.
-    "1": [[(0.52, 0.12), (0.50, 0.88)]],
-    "7": [[(0.22, 0.15), (0.78, 0.15), (0.45, 0.88)]],
-    "0": [[(0.5 + 0.24 * np.sin(t), 0.5 - 0.36 * np.cos(t)) for t in np.linspace(0, 6.4, 40)]],
-}
-
-
-def draw(page, strokes) -> None:
-    box = page.locator("#pad").bounding_box()
-    for stroke in strokes:
-        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
-        page.mouse.move(*points[0])
-        page.mouse.down()
-        for start, end in zip(points, points[1:], strict=False):
-            for step in np.linspace(0, 1, 6)[1:]:  # several moves per segment, like a hand
-                page.mouse.move(
-                    start[0] + step * (end[0] - start[0]), start[1] + step * (end[1] - start[1])
-                )
-        page.mouse.up()
-
-
 @pytest.mark.slow
 def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test, tmp_path):
     x_test, y_test = mnist_test
@@ -276,6 +254,12 @@ def test_draw_digits_and_upload_a_photo_in_chromium(served, browser, mnist_test,
         filled = top.locator(".fill").bounding_box()
         assert track["width"] > 50 and filled["height"] > 5
         assert filled["width"] / track["width"] == pytest.approx(shown, abs=0.02)
+        # Why: the input with the pixels the answer rests on laid over it, and a caption.
+        page.wait_for_function("!document.getElementById('why-figure').hidden")
+        assert page.locator("#why-map").evaluate("img => img.complete && img.naturalWidth === 28")
+        overlay, under = (page.locator(f"#why-{n}").bounding_box() for n in ("map", "digit"))
+        assert overlay == under and overlay["width"] >= 100  # exactly over the digit, visible
+        assert page.locator("#why-caption").text_content().startswith(f"Why {digit}?")
         page.screenshot(path=str(shots / f"drawn-{digit}.png"))
 
     # An MNIST test digit saved as a PNG as it is, then the same on a sheet of paper.
@@ -407,3 +391,104 @@ def test_write_a_number_in_chromium(mnist_run, reader_run, browser, tmp_path):
         assert pad["width"] == pytest.approx(pad["height"], rel=0.02)
         assert page.locator("#label").text_content() == "\u2013"
     assert "numbers read by the number reader" in log.read_text()
+
+
+def test_explain_adds_a_map_of_what_the_answer_rests_on(client, mnist_test):
+    x_test, _ = mnist_test
+    png_type = {"Content-Type": "image/png"}
+    answer = client.post(
+        "/api/predict?explain=true", content=png(x_test[0]), headers=png_type
+    ).json()
+    DigitAnswer.model_validate(answer)
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["explanation_png"])))
+    assert overlay.size == (28, 28) and overlay.mode == "RGBA"
+    strength = np.asarray(overlay)[..., 3]
+    ink = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["input_png"])))) > 0
+    assert strength.max() > 200 and not strength[~ink].any()  # on the digit's ink only
+    plain = client.post("/api/predict", content=png(x_test[0]), headers=png_type).json()
+    assert "explanation_png" not in plain
+    number = client.post(
+        "/api/predict?number=true&explain=true", content=paper(x_test[0]), headers=png_type
+    )
+    assert "explanation_png" not in number.json()  # a number's digits are not explained
+
+
+# ---------------------------------------------------------------------------- the camera
+
+
+def y4m_clip(path: Path, digit: np.ndarray, frames: int = 20) -> Path:
+    """A 640x480 video of ``digit`` written with a dark pen on grey paper, held by a slightly
+    shaking hand, as Chromium's fake camera plays it (YUV4MPEG2, 4:2:0)."""
+    rng = np.random.default_rng(3)
+    ink = np.array(Image.fromarray(digit).resize((200, 200), Image.Resampling.BILINEAR)) / 255
+    width, height = 640, 480
+    with open(path, "wb") as clip:
+        clip.write(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            luma = np.full((height, width), 170.0) + rng.normal(0, 4, (height, width))
+            luma += np.linspace(-15, 15, width)[None, :]  # light from one side
+            top, left = 140 + rng.integers(-6, 7), 220 + rng.integers(-6, 7)
+            luma[top : top + 200, left : left + 200] *= 1 - 0.8 * ink
+            chroma = np.full((height // 2, width // 2), 128, np.uint8)
+            clip.write(b"FRAME\n" + np.clip(luma, 0, 255).astype(np.uint8).tobytes())
+            clip.write(chroma.tobytes() + chroma.tobytes())
+    return path
+
+
+@pytest.mark.slow
+def test_the_camera_reads_a_written_digit_live(browser, mnist_test, tmp_path):
+    from conftest import CHROMIUM_ARGS, chromium_executable
+    from digitlab import artifacts
+
+    x_test, y_test = mnist_test
+    clip = y4m_clip(tmp_path / "seven.y4m", x_test[0])  # a 7
+    shots = Path(os.environ.get("DIGITLAB_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    fake_camera = [
+        "--use-fake-ui-for-media-stream",  # allow the camera without asking
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ]
+    with serving(artifacts.ready_run("digit"), tmp_path / "serve.log") as (url, _):
+        # a Chromium of its own, with the fake camera (Playwright's runs in this thread)
+        with_camera = browser.browser_type.launch(
+            executable_path=chromium_executable(),
+            headless=True,
+            args=[*CHROMIUM_ARGS, *fake_camera],
+        )
+        page = with_camera.new_page(viewport={"width": 1000, "height": 900})
+        in_flight, most, sent = [0], [0], []
+
+        def started(request):
+            if "/api/predict" in request.url:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+                sent.append(time.monotonic())
+
+        def ended(request):
+            if "/api/predict" in request.url:
+                in_flight[0] -= 1
+
+        page.on("request", started)
+        page.on("requestfinished", ended)
+        page.on("requestfailed", ended)
+        page.goto(url)
+        page.click("#camera")
+        page.wait_for_function(
+            f"document.getElementById('label').textContent === '{y_test[0]}'", timeout=15_000
+        )
+        page.wait_for_timeout(2_000)  # it goes on reading, a few times a second
+        video = page.locator("#video").bounding_box()
+        guide = page.locator("#guide").bounding_box()
+        assert video["width"] > 200 and guide["width"] > 50
+        assert video["x"] < guide["x"] and guide["x"] + guide["width"] < video["x"] + video["width"]
+        page.screenshot(path=str(shots / "camera.png"))
+        recent = [t for t in sent if t > sent[-1] - 2.0]
+        assert 3 <= len(recent) <= 8  # about every 300 ms
+        assert most[0] == 1  # never a second request while one is being answered
+        page.click("#camera")  # stop
+        assert page.locator("#camera-view").is_hidden()
+        count = len(sent)
+        page.wait_for_timeout(1_000)
+        assert len(sent) == count  # stopped means no more readings
+        with_camera.close()

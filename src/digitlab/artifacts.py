@@ -146,7 +146,10 @@ def save_run(
     if result.numbers is not None:
         data = reports.NumberReportData(manifest, result.numbers)
     else:
-        data = reports.ReportData(manifest, test_images, test_labels, result.test_probabilities)
+        data = reports.ReportData(
+            manifest, test_images, test_labels, result.test_probabilities,
+            predict_digits=lambda digits: _predict_digits(result.model, digits),
+        )  # fmt: skip
 
     def write_report(run_name: str) -> None:
         reports.build_report(temporary, manifest, data, progress=progress, run_name=run_name)
@@ -187,6 +190,12 @@ def save_run(
     final = _publish(temporary, root, name, result.config.model, write_report)
     mark_latest(final, manifest["reads"])
     return final
+
+
+def _predict_digits(model: keras.Model, digits: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 10) probabilities of a trained digit model."""
+    inputs = models.prepare(digits, tuple(model.input_shape[1:]))
+    return models.split_rejection(model.predict(inputs, batch_size=256, verbose=0))[0]
 
 
 def _free_run_name(root: Path, model_name: str) -> str:
@@ -251,17 +260,60 @@ def mark_latest(run_dir: Path, reads: str = "digit") -> None:
 
 
 def latest_reader() -> Path | None:
-    """The newest number reader in the runs folder, if one was trained."""
+    """The newest number reader in the runs folder, else the ready-made one shipped with
+    digitlab (None if neither)."""
     link = config.runs_dir() / LATEST_READER
-    return resolve_run(link) if link.exists() else None
+    return resolve_run(link) if link.exists() else ready_run("number")
+
+
+# Models shipped with digitlab, made by `make ready-models` (its own `digitlab train` with a
+# fixed seed): what answers when the runs folder has none of that kind, so that a user can
+# read digits right after installing. A run the user trained, or names, always comes first.
+READY_DIR = Path(__file__).parent / "ready"
+READY_RUNS = {"digit": "cnn", "number": "reader"}
+
+
+def ready_run(reads: str = "digit") -> Path | None:
+    """The ready-made digit model (or number reader), if this installation has it."""
+    folder = READY_DIR / READY_RUNS[reads]
+    complete = all((folder / name).is_file() for name in (MODEL_FILE, METRICS_FILE))
+    return folder.resolve() if complete else None
+
+
+def is_ready_made(run: Path) -> bool:
+    return Path(run).resolve().parent == READY_DIR.resolve()
+
+
+def describe_run(run: Path, manifest: dict | None = None) -> str:
+    """Which model this is, for people: "the cnn of runs/20261129-101500-cnn", or "the
+    ready-made cnn shipped with digitlab (99.50% on the MNIST test set)"."""
+    manifest = manifest or read_manifest(run)
+    model = manifest.get("model", "model")
+    if not is_ready_made(run):
+        return f"the {model} of {run}"
+    metrics = manifest.get("metrics", {})
+    score = (
+        (
+            f"{metrics['test_accuracy']:.2%} on the MNIST test set"
+            if manifest.get("reads") != "number"
+            else f"{metrics['test_accuracy']:.1%} of its test numbers read exactly"
+        )
+        if isinstance(metrics.get("test_accuracy"), float)
+        else "trained on MNIST"
+    )
+    return f"the ready-made {model} shipped with digitlab ({score})"
 
 
 def resolve_run(run: Path | None = None) -> Path:
-    """The run folder named, or ``runs/latest``; a clear error if it is not a run."""
+    """The run folder named, or ``runs/latest``, or the ready-made digit model when the runs
+    folder has no digit model; a clear error if it is not a run."""
     if run is None:
         latest = config.runs_dir() / LATEST
         if not latest.exists():
-            raise NoRunError(f"no trained model in {config.runs_dir()}/")
+            ready = ready_run("digit")
+            if ready is None:
+                raise NoRunError(f"no trained model in {config.runs_dir()}/")
+            return ready
         run = latest
     run = Path(run).expanduser()
     if not run.is_dir():

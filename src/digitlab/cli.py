@@ -12,7 +12,9 @@ import click
 from digitlab import DigitlabError, __version__, models
 from digitlab.config import ServeConfig
 
-RUN_OPTION_HELP = "Run folder (default: runs/latest)."
+RUN_OPTION_HELP = (
+    "Run folder (default: runs/latest; with no runs, the ready-made model shipped with digitlab)."
+)
 
 
 def _hint(error: DigitlabError) -> str:
@@ -419,6 +421,11 @@ def report(run_dir: Path | None) -> None:
     from digitlab.predict import Predictor
 
     predictor = Predictor.from_run(run_dir)
+    if predictor.ready_made:
+        raise DigitlabError(
+            f"{predictor.description} has no run folder of yours to write a report in "
+            f"(its own is in {predictor.folder}): train one with `digitlab train`, or give --run"
+        )
     if predictor.reads_numbers:
         _echo_error("reading the test numbers ...")
         data = reports.NumberReportData(predictor.manifest, _reader_test(predictor))
@@ -427,7 +434,9 @@ def report(run_dir: Path | None) -> None:
         _, x_test, y_test = _load_test_split(predictor.manifest)
         _echo_error(f"predicting {len(x_test):,} test digits ...")
         probabilities = predictor.predict_digits(x_test)
-        data = reports.ReportData(predictor.manifest, x_test, y_test, probabilities)
+        data = reports.ReportData(
+            predictor.manifest, x_test, y_test, probabilities, predictor.predict_digits
+        )
         sections = reports.SECTIONS
     with _progress("building report", len(sections)) as step:
         path = reports.build_report(predictor.folder, predictor.manifest, data, progress=step)
@@ -643,6 +652,8 @@ def predict(
         _echo_error(f"reading numbers {how} {predictor.description}")
         if not predictor.reads_numbers and reader is None:
             _echo_error("  (no number reader trained: `digitlab train --model reader` makes one)")
+    elif predictor.ready_made:  # on standard error: the answers on standard output stay as they are
+        _echo_error(f"answering with {predictor.description}; `digitlab train` makes your own")
     names = _expand_inputs(paths)
     sources = []
     for name in names:
@@ -789,9 +800,8 @@ def serve(
     gc.collect()
     gc.freeze()
     click.echo(
-        f"serving {predictor.manifest['model']} from "
-        f"{predictor.manifest['dataset']} on http://{host}:{port}/; numbers read by "
-        + (f"the number reader {number_reader.folder}" if number_reader else "blob segmentation"),
+        f"serving {predictor.description} on http://{host}:{port}/; numbers read by "
+        + (number_reader.description if number_reader else "blob segmentation"),
         err=True,
     )
     try:
@@ -811,6 +821,59 @@ def _check_can_listen(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as error:
         raise DigitlabError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+
+
+# ----------------------------------------------------------------------------------- export
+
+EXPORT_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "web": ""}
+
+
+@cli.command("export")
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["onnx", "keras", "web"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: one .onnx file for onnxruntime (Python, C#, Java, JS, mobile) and other "
+    "runtimes; keras: the .keras file; web: a folder with the draw-a-digit page that reads "
+    "digits in the browser, with no server and no network (open its index.html).",
+)
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace DESTINATION if it exists (a folder only if it is an earlier web export).",
+)
+def export_command(destination: Path, format_: str, run_dir: Path | None, force: bool) -> None:
+    """Write a run's model to DESTINATION for other runtimes, or as an offline web page.
+
+    The input an exported model takes is what digitlab's preprocessing makes (28x28 digits,
+    pixels scaled to [0, 1]; a number reader: 28x224 strips); its output is the probabilities.
+    A SavedModel (TensorFlow) is not offered: it needs TensorFlow, which digitlab does not
+    install; tools such as onnx2tf make one from the ONNX file.
+    """
+    from digitlab import artifacts
+    from digitlab.export import export
+
+    run = artifacts.resolve_run(run_dir)
+    suffix = EXPORT_SUFFIX[format_]
+    if suffix and destination.suffix != suffix:
+        raise DigitlabError(f"{destination}: an {format_} export is one file named *{suffix}")
+    if destination.exists() or destination.is_symlink():
+        replaceable = (
+            destination.is_file() if suffix else (destination / "model.js").is_file()
+        )  # a file, or a folder an earlier web export made
+        if not (force and replaceable):
+            what = "a folder" if destination.is_dir() else "a file"
+            raise DigitlabError(
+                f"{destination} is {what} already: give a new name"
+                + (", or --force to replace it" if replaceable else " (nothing is overwritten)")
+            )
+    export(run, format_, destination)
+    shown = f"{destination}/index.html" if format_ == "web" else str(destination)
+    click.echo(f"exported {artifacts.describe_run(run)} as {format_}: {shown}")
 
 
 def main() -> None:

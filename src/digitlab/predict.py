@@ -134,8 +134,13 @@ class Predictor:
     @property
     def description(self) -> str:
         """Which model answers, for people: "the cnn of runs/20261129-101500-cnn"."""
-        model = self.manifest.get("model", "model")
-        return f"the {model} of {self.folder}" if self.folder else f"the {model}"
+        if self.folder:
+            return artifacts.describe_run(self.folder, self.manifest)
+        return f"the {self.manifest.get('model', 'model')}"
+
+    @property
+    def ready_made(self) -> bool:
+        return bool(self.folder) and artifacts.is_ready_made(self.folder)
 
     @classmethod
     def from_run(cls, run: Path | None = None, use_keras: bool = False) -> Predictor:
@@ -292,30 +297,11 @@ class Predictor:
                     yield name, next(results)
 
     def explain(self, digit: np.ndarray, label: int | None = None) -> np.ndarray:
-        """Which pixels pushed the answer toward ``label`` (default: the predicted one), by
-        occlusion: each 6x6 patch (stride 2) is blanked and the drop in that label's
-        probability is spread over the patch's pixels.
+        """Which pixels pushed the answer toward ``label`` (default: the predicted one):
+        ``explain.occlusion_map``. (28, 28) uint8 -> (28, 28) float, >= 0."""
+        from digitlab.explain import occlusion_map
 
-        (28, 28) uint8 -> (28, 28) float, >= 0 where blanking hurt the answer, and 0 on blank
-        background. Chosen over gradients because it reads directly ("without this part, it is
-        less sure"), needs no backend (it runs on the NumPy copy), and is tested to be no noise:
-        blanking the map's top 10% of ink costs far more confidence than a random 10%.
-        """
-        digit = np.asarray(digit, dtype=np.uint8)
-        [base] = self.predict_digits(digit[None])
-        label = int(np.argmax(base)) if label is None else label
-        side, patch, stride = IMAGE_SIDE, 6, 2
-        corners = [(y, x) for y in range(0, side - patch + 1, stride)
-                   for x in range(0, side - patch + 1, stride)]  # fmt: skip
-        occluded = np.repeat(digit[None], len(corners), axis=0)
-        for index, (y, x) in enumerate(corners):
-            occluded[index, y : y + patch, x : x + patch] = 0
-        drops = base[label] - self.predict_digits(occluded)[:, label]
-        total, count = np.zeros((side, side)), np.zeros((side, side))
-        for drop, (y, x) in zip(drops, corners, strict=True):
-            total[y : y + patch, x : x + patch] += drop
-            count[y : y + patch, x : x + patch] += 1
-        return np.clip(total / np.maximum(count, 1), 0, None) * (digit > 0)
+        return occlusion_map(digit, self.predict_digits, label)
 
     def _results(self, digits: list[np.ndarray]) -> list[Prediction]:
         stacked = np.stack(digits) if digits else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)

@@ -308,6 +308,12 @@ def save_explanations(
     path: Path,
 ) -> Path:
     """Each input beside its explanation map (red: the pixels the answer rests on)."""
+    return save_figure(explanations_figure(digits, maps, captions), path)
+
+
+def explanations_figure(
+    digits: Sequence[np.ndarray], maps: Sequence[np.ndarray], captions: Sequence[str]
+):
     plt = _pyplot()
     rows = len(digits)
     figure, axes = plt.subplots(rows, 2, figsize=(4, 2 * rows), squeeze=False)
@@ -320,7 +326,7 @@ def save_explanations(
         for axis in axes[row]:
             axis.axis("off")
     figure.tight_layout()
-    return save_figure(figure, path)
+    return figure
 
 
 # ------------------------------------------------------------------------------- the report
@@ -378,6 +384,8 @@ class ReportData:
     test_images: np.ndarray
     test_labels: np.ndarray
     probabilities: np.ndarray
+    # (N, 28, 28) uint8 -> (N, 10) probabilities: the model again, to explain its mistakes
+    predict_digits: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self):
         self.names = self.manifest["label_names"]
@@ -545,6 +553,33 @@ def _mistakes_section(data: ReportData) -> str:
                 for m in mistakes
             ],
         )
+        + _why_mistakes(data, mistakes[:EXPLAINED_MISTAKES])
+    )
+
+
+EXPLAINED_MISTAKES = 6
+
+
+def _why_mistakes(data: ReportData, mistakes: list) -> str:
+    """The worst mistakes beside maps of the pixels each wrong answer rests on."""
+    if data.predict_digits is None or not mistakes:
+        return ""
+    from digitlab.explain import occlusion_map
+
+    digits = [data.test_images[m.index] for m in mistakes]
+    maps = [
+        occlusion_map(digit, data.predict_digits, m.predicted)
+        for digit, m in zip(digits, mistakes, strict=True)
+    ]
+    captions = [
+        f"#{m.index}: said {data.names[m.predicted]}, is {data.names[m.true_label]}"
+        for m in mistakes
+    ]
+    return (
+        "<h3>Why it said that</h3><p class='note'>In red, the pixels each wrong answer rests "
+        "on (occlusion: each 6x6 patch hidden in turn; the more the answer's probability drops, "
+        "the redder). Often a stroke that looks like part of the wrong digit.</p>"
+        + _image_tag(figure_png(explanations_figure(digits, maps, captions)), "why it said that")
     )
 
 

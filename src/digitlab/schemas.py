@@ -34,6 +34,11 @@ class DigitAnswer(BaseModel):
         None, description="in a number: the digit's horizontal centre in the image, in pixels"
     )
     input_png: str | None = Field(None, description="the 28x28 input the model saw, base64 PNG")
+    explanation_png: str | None = Field(
+        None,
+        description="with ?explain=true: a 28x28 red overlay for input_png, as opaque as each "
+        "pixel mattered to the answer (occlusion), base64 PNG",
+    )
 
 
 class NumberAnswer(BaseModel):

@@ -10,6 +10,7 @@ oversized headers 431, and more predictions at once than ``max_concurrent`` a fa
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitlab import DigitlabError, __version__
 from digitlab.config import IMAGE_SIDE, ServeConfig
+from digitlab.explain import overlay_png
 from digitlab.predict import Predictor
 from digitlab.preprocess import ImageError
 from digitlab.schemas import DigitAnswer, NumberAnswer
@@ -322,6 +324,8 @@ def _reader_summary(reader: Predictor | None) -> dict:
         "model": reader.manifest.get("model"),
         "test_accuracy": reader.manifest.get("metrics", {}).get("test_accuracy"),
         "created": reader.manifest.get("created"),
+        "description": reader.description,
+        "ready_made": reader.ready_made,
     }
 
 
@@ -353,12 +357,16 @@ def create_app(
     async def in_worker(function, *arguments):
         return await asyncio.get_running_loop().run_in_executor(worker, function, *arguments)
 
-    def read_one(image, number: bool) -> dict:
+    def read_one(image, number: bool, explain: bool = False) -> dict:
         reader = number_reader if number and number_reader is not None else predictor
         [(_, answer)] = reader.predict_many([("image", image)], number=number)
         if isinstance(answer, ImageError):
             raise ApiError(422, answer.reason)
-        return answer.to_dict(with_input=True)
+        result = answer.to_dict(with_input=True)
+        if explain and not number:
+            heat = predictor.explain(answer.input, answer.label)
+            result["explanation_png"] = base64.b64encode(overlay_png(heat)).decode("ascii")
+        return result
 
     def read_batch(images: list) -> list[dict]:
         return [
@@ -408,6 +416,9 @@ def create_app(
             "data_sha256": manifest.get("data_sha256", {}),
             "versions": manifest.get("versions", {}),
             "number_reader": _reader_summary(number_reader),
+            # which model answers, for people; ready_made: the one shipped with digitlab
+            "description": predictor.description,
+            "ready_made": predictor.ready_made,
         }
 
     @app.post(
@@ -423,17 +434,21 @@ def create_app(
             **ERRORS,
         },
     )
-    async def predict(request: Request, number: bool = False) -> JSONResponse:
+    async def predict(
+        request: Request, number: bool = False, explain: bool = False
+    ) -> JSONResponse:
         """One image: multipart ``file``, a raw image body, or JSON ``{"pixels": 28x28}``.
 
         With ``?number=true`` the image holds a written number: answers its ``text``, which
         ``reader`` read it (the number reader, or segmentation), and each digit with its ``x``
-        in the image; ``input_png`` is the strip the reader saw (or the digits side by side). Otherwise ``label``, ``confidence``, ``probabilities`` and ``input_png`` (the
-        28x28 image the model saw, base64 PNG).
+        in the image; ``input_png`` is the strip the reader saw (or the digits side by side).
+        Otherwise ``label``, ``confidence``, ``probabilities`` and ``input_png`` (the 28x28
+        image the model saw, base64 PNG); with ``?explain=true`` also ``explanation_png``, a
+        28x28 red overlay for ``input_png``: the pixels the answer rests on (occlusion).
         """
         [(_, image)] = await _images_from(request, many=False, limits=limits)
         # A JSONResponse straight away: FastAPI's encoder would walk the answer again.
-        return JSONResponse(await in_worker(read_one, image, number))
+        return JSONResponse(await in_worker(read_one, image, number, explain))
 
     @app.post(
         "/api/predict/batch",

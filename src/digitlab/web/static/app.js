@@ -1,5 +1,10 @@
 // The draw-a-digit page: strokes on a canvas, debounced POSTs to /api/predict, the answer shown.
+// Exported for offline use (`digitlab export --format web`), the page has the model itself
+// (model.js, forward.js, preprocess.js) and reads each drawing in the browser instead.
 "use strict";
+
+const OFFLINE = globalThis.DIGITLAB_MODEL !== undefined;
+const localModel = OFFLINE ? digitlabForward.load(DIGITLAB_MODEL) : null;
 
 const pad = document.getElementById("pad");
 const context = pad.getContext("2d");
@@ -74,10 +79,11 @@ function clearAll() {
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("clear").addEventListener("click", clearAll);
 // A number gets a wide pad; switching clears it (the strokes would not fit the other shape).
+const numberBox = document.getElementById("number"); // not on the offline page
 function mode() {
-  return document.getElementById("number").checked ? "number" : "digit";
+  return numberBox && numberBox.checked ? "number" : "digit";
 }
-document.getElementById("number").addEventListener("change", () => {
+numberBox?.addEventListener("change", () => {
   [pad.width, pad.height] = PAD_SIZE[mode()];
   pad.classList.toggle("wide", mode() === "number");
   document.getElementById("draw-title").textContent =
@@ -91,16 +97,51 @@ document.addEventListener("keydown", (event) => {
 
 function schedule(delay = DEBOUNCE_MS) {
   clearTimeout(timer);
-  timer = setTimeout(() => pad.toBlob((blob) => send(blob, "image/png"), "image/png"), delay);
+  timer = OFFLINE
+    ? setTimeout(readHere, Math.min(delay, 30))
+    : setTimeout(() => pad.toBlob((blob) => send(blob, "image/png"), "image/png"), delay);
+}
+
+// Offline: the drawing read in this browser, answered like the server's /api/predict.
+function readHere() {
+  const prepared = digitlabPreprocess.prepare(context.getImageData(0, 0, pad.width, pad.height));
+  if (!prepared) { showEmpty(); return; }
+  show(localAnswer(localModel(prepared.pixels), prepared.image));
+}
+
+function localAnswer(output, image) {
+  // an 11th output is "not a digit": the digits renormalised, as models.split_rejection does
+  const rejects = output.length === DIGITLAB_MODEL.label_names.length + 1;
+  const digits = rejects ? output.slice(0, -1) : output;
+  const total = digits.reduce((a, b) => a + b, 0);
+  const probabilities = digits.map((p) => p / total);
+  const label = probabilities.indexOf(Math.max(...probabilities));
+  const score = rejects ? 1 - output[output.length - 1] : probabilities[label];
+  const rule = DIGITLAB_MODEL.rejection;
+  return {
+    label, label_name: DIGITLAB_MODEL.label_names[label], confidence: probabilities[label],
+    probabilities, is_digit: rule ? score >= rule.threshold : null, digit_score: score,
+    input_url: pngOf(image),
+  };
+}
+
+function pngOf(image) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 28;
+  const pixels = new ImageData(28, 28);
+  image.forEach((v, i) => { pixels.data.set([v, v, v, 255], 4 * i); });
+  canvas.getContext("2d").putImageData(pixels, 0, 0);
+  return canvas.toDataURL("image/png");
 }
 
 async function send(body, type) {
-  const number = document.getElementById("number").checked;
+  const number = mode() === "number";
   const controller = new AbortController();
   if (pending) pending.abort(); // only the newest drawing matters
   pending = controller;
   try {
-    const response = await fetch(`/api/predict${number ? "?number=true" : ""}`, {
+    // a digit comes with its explanation: which pixels the answer rests on
+    const response = await fetch(`/api/predict${number ? "?number=true" : "?explain=true"}`, {
       method: "POST", headers: { "Content-Type": type || "application/octet-stream" },
       body, signal: controller.signal,
     });
@@ -137,6 +178,7 @@ function showEmpty() {
   document.getElementById("number-digits").replaceChildren();
   document.getElementById("reader").textContent = "";
   document.getElementById("seen").hidden = true;
+  document.getElementById("why-figure").hidden = true;
 }
 
 // A number's digits, each with how sure the model is of it (the least sure stands out).
@@ -187,7 +229,7 @@ function show(answer) {
   });
   document.getElementById("bars").replaceChildren(...bars);
   const seen = document.getElementById("seen");
-  seen.src = `data:image/png;base64,${answer.input_png}`;
+  seen.src = answer.input_url || `data:image/png;base64,${answer.input_png}`;
   const strip = answer.reader === "number reader";
   seen.style.width = strip ? "448px" : `${112 * digits.length}px`;
   seen.style.height = strip ? "auto" : "112px"; // a strip keeps its shape in a narrow panel
@@ -195,10 +237,21 @@ function show(answer) {
     ? "What the number reader saw (the whole number, 28 px tall)"
     : "What the model saw (28\u00d728, like MNIST)";
   seen.hidden = false;
+  showWhy(answer);
+}
+
+function showWhy(answer) {
+  const figure = document.getElementById("why-figure");
+  figure.hidden = !answer.explanation_png;
+  if (figure.hidden) return;
+  document.getElementById("why-digit").src = `data:image/png;base64,${answer.input_png}`;
+  document.getElementById("why-map").src = `data:image/png;base64,${answer.explanation_png}`;
+  document.getElementById("why-caption").textContent = `Why ${answer.label_name}? In red, the ` +
+    "pixels the answer rests on: hiding them costs the model the most confidence.";
 }
 
 // Upload: a file chosen, or dropped on the zone (Enter or Space on the zone opens the chooser).
-const drop = document.getElementById("drop");
+const drop = document.getElementById("drop"); // not on the offline page
 const fileInput = document.getElementById("file");
 // The answer shown is the file's: the drawing it replaces is cleared, not left beside it.
 const upload = (file) => {
@@ -207,24 +260,95 @@ const upload = (file) => {
   redraw();
   send(file, file.type);
 };
-fileInput.addEventListener("change", () => upload(fileInput.files[0]));
-drop.addEventListener("keydown", (event) => {
+fileInput?.addEventListener("change", () => upload(fileInput.files[0]));
+drop?.addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") { event.preventDefault(); fileInput.click(); }
 });
-drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (event) => {
+drop?.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop?.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop?.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
   upload(event.dataTransfer.files[0]);
 });
 
-fetch("/api/model").then((r) => r.json()).then((model) => {
+// The camera: the part of each frame inside the guide is read a few times a second, and a
+// frame is skipped while the previous one is still being read (no queue builds up).
+const CAMERA_EVERY_MS = 300;
+const GUIDE = { digit: [0.6, 0.6], number: [0.9, 0.35] }; // of the frame's height (digit) or width
+const camera = { stream: null, timer: null, busy: false };
+const video = document.getElementById("video");
+
+function guideBox() {
+  const width = video.videoWidth, height = video.videoHeight;
+  const [across, down] = GUIDE[mode()];
+  const boxWidth = mode() === "number" ? across * width : across * height;
+  const boxHeight = down * height;
+  return [(width - boxWidth) / 2, (height - boxHeight) / 2, boxWidth, boxHeight];
+}
+
+function placeGuide() {
+  const [x, y, width, height] = guideBox();
+  Object.assign(document.getElementById("guide").style, {
+    left: `${(100 * x) / video.videoWidth}%`, top: `${(100 * y) / video.videoHeight}%`,
+    width: `${(100 * width) / video.videoWidth}%`, height: `${(100 * height) / video.videoHeight}%`,
+  });
+}
+
+async function readFrame() {
+  if (camera.busy || !video.videoWidth) return;
+  camera.busy = true;
+  try {
+    const [x, y, width, height] = guideBox();
+    const frame = document.createElement("canvas");
+    [frame.width, frame.height] = [Math.round(width), Math.round(height)];
+    frame.getContext("2d").drawImage(video, x, y, width, height, 0, 0, frame.width, frame.height);
+    const blob = await new Promise((done) => frame.toBlob(done, "image/jpeg", 0.9));
+    await send(blob, "image/jpeg");
+  } finally {
+    camera.busy = false;
+  }
+}
+
+async function startCamera() {
+  try {
+    camera.stream = await navigator.mediaDevices.getUserMedia(
+      { video: { facingMode: "environment" }, audio: false });
+  } catch (error) {
+    showError(0, `the camera cannot be used: ${error.message || error.name}`);
+    return;
+  }
+  video.srcObject = camera.stream;
+  video.onloadedmetadata = placeGuide;
+  document.getElementById("camera-view").hidden = false;
+  document.getElementById("camera").textContent = "Stop the camera";
+  strokes.length = 0;
+  redraw();
+  camera.timer = setInterval(readFrame, CAMERA_EVERY_MS);
+}
+
+function stopCamera() {
+  clearInterval(camera.timer);
+  camera.stream.getTracks().forEach((track) => track.stop());
+  camera.stream = null;
+  document.getElementById("camera-view").hidden = true;
+  document.getElementById("camera").textContent = "Use the camera";
+}
+
+document.getElementById("camera")?.addEventListener("click", () =>
+  (camera.stream ? stopCamera() : startCamera()));
+numberBox?.addEventListener("change", () => { if (video && video.videoWidth) placeGuide(); });
+pad.addEventListener("pointerdown", () => { if (camera.stream) stopCamera(); });
+
+function describeModel(model) {
   const accuracy = model.test_accuracy ? ` (${(100 * model.test_accuracy).toFixed(2)}% on the test set)` : "";
   const reader = model.number_reader && model.number_reader.reader === "number reader"
     ? `; numbers: the number reader (${(100 * model.number_reader.test_accuracy).toFixed(1)}% of test numbers exact)`
     : "; numbers: cut into ink blobs (no number reader)";
-  document.getElementById("model-info").textContent =
-    `Model: ${model.model} trained on ${model.dataset}${accuracy}${reader}`;
-}).catch(() => {});
+  document.getElementById("model-info").textContent = OFFLINE
+    ? `Model: ${model.model} trained on ${model.dataset}${accuracy}, running in this browser`
+    : `Model: ${model.model} trained on ${model.dataset}${accuracy}${model.ready_made ? " (ready-made, shipped with digitlab)" : ""}${reader}`;
+}
+if (OFFLINE) describeModel(DIGITLAB_MODEL);
+else fetch("/api/model").then((r) => r.json()).then(describeModel).catch(() => {});
 clearCanvas();

@@ -1,0 +1,95 @@
+"""Check and install the ready-made models shipped with digitlab (``make ready-models``).
+
+``make ready-models`` trains them again with the project's own ``digitlab train`` and fixed
+seeds into build/ready-runs, then runs ``check``: each rebuilt model must match the shipped
+one's data checksums and settings, and its test accuracy within TOLERANCE (on one machine the
+same seed gives the same weights; another CPU's float rounding can move a few test digits).
+``install`` copies rebuilt models into src/digitlab/ready/ (``make ready-models-install``).
+
+    python scripts/ready_models.py check build/ready-runs
+    python scripts/ready_models.py install build/ready-runs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # as digitlab itself does
+SHIPPED = Path(__file__).resolve().parent.parent / "src" / "digitlab" / "ready"
+KINDS = {"cnn": "latest", "reader": "latest-reader"}  # shipped folder: the runs link to it
+FILES = ("model.keras", "metrics.json", "inference.npz")
+# test accuracy: the CNN's on 10,000 digits, the reader's share of 2,000 numbers exact
+TOLERANCE = {"cnn": 0.002, "reader": 0.01}
+SAME = ("model", "dataset", "config", "seed", "input_shape", "data_sha256")
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def check(runs: Path) -> bool:
+    good = True
+    for kind, link in KINDS.items():
+        rebuilt, shipped = _manifest(runs / link), _manifest(SHIPPED / kind)
+        different = [key for key in SAME if rebuilt.get(key) != shipped.get(key)]
+        new = rebuilt["metrics"]["test_accuracy"]
+        old = shipped["metrics"]["test_accuracy"]
+        close = abs(new - old) <= TOLERANCE[kind]
+        print(
+            f"{kind}: rebuilt {new:.4f} vs shipped {old:.4f} test accuracy "
+            f"({'within' if close else 'OUTSIDE'} {TOLERANCE[kind]}); "
+            + (f"different {', '.join(different)}" if different else "same data and settings")
+        )
+        good = good and close and not different
+    return good
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _without_optimizer(path: Path) -> None:
+    """Save the Keras model again without its optimizer state (two thirds of the file): a
+    shipped model only predicts."""
+    import keras
+
+    keras.saving.load_model(path, compile=False).save(path)
+
+
+def install(runs: Path) -> None:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    for kind, link in KINDS.items():
+        source, target = (runs / link).resolve(), SHIPPED / kind
+        target.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            shutil.copyfile(source / name, target / name)
+        _without_optimizer(target / "model.keras")
+        manifest = _manifest(target)
+        manifest["ready_made"] = {
+            "made_with": f"digitlab train --model {kind} --seed {manifest['seed']} "
+            "(make ready-models)",
+            "run": source.name,
+            "digitlab_commit": commit,
+            "machine": f"{platform.machine()}, {_cpu()}",
+        }
+        (target / "metrics.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"installed {source} as {target}")
+
+
+if __name__ == "__main__":
+    command, runs = sys.argv[1], Path(sys.argv[2])
+    if command == "install":
+        install(runs)
+    elif not check(runs):
+        sys.exit("the rebuilt models do not match the shipped ones (above)")
