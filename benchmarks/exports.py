@@ -28,7 +28,8 @@ from digitlab import artifacts, datasets, export
 from digitlab.predict import Predictor
 
 ORT_WEB = "onnxruntime-web@1.30.0"
-ORT_FILES = ("ort.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
+# the WebAssembly-only build: what a CPU model needs, and the smallest
+ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -85,7 +86,7 @@ def ort_web_files(folder: Path) -> bool:
     return True
 
 
-ORT_PAGE = """<!DOCTYPE html><meta charset="utf-8"><script src="ort.min.js"></script><script>
+ORT_PAGE = """<!DOCTYPE html><meta charset="utf-8"><script src="ort.wasm.min.js"></script><script>
 ort.env.wasm.numThreads = 1;
 window.ready = (async () => {
   const started = performance.now();
@@ -118,10 +119,14 @@ OWN_TIMING = """([pixels, repeats]) => {
 }"""
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *arguments) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def static_host(folder: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
+    handler = functools.partial(QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -128,13 +128,28 @@ def test_an_incomplete_run_folder_is_named(saved_run, tmp_path):
 
 def test_latest_missing_or_dangling_is_no_run(tmp_path, monkeypatch):
     monkeypatch.setenv("DIGITLAB_RUNS", str(tmp_path))
+    monkeypatch.setattr(artifacts, "READY_DIR", tmp_path / "no-ready-models")
     with pytest.raises(artifacts.NoRunError):
-        artifacts.resolve_run()
+        artifacts.resolve_run()  # no runs, and an installation without the ready models
+    monkeypatch.undo()
+    monkeypatch.setenv("DIGITLAB_RUNS", str(tmp_path))
     (tmp_path / "latest").symlink_to("gone")
-    with pytest.raises(artifacts.NoRunError):
-        artifacts.resolve_run()
+    with pytest.raises(artifacts.NoRunError, match="points to a run that is gone"):
+        artifacts.resolve_run()  # the user's run vanished: not silently the ready model
     result = CliRunner().invoke(cli, ["predict", "x.png"])
     assert result.exit_code == 1 and "run `digitlab train` first" in result.output
+
+
+def test_with_no_runs_the_ready_models_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIGITLAB_RUNS", str(tmp_path / "runs"))
+    digit, reader = artifacts.resolve_run(), artifacts.latest_reader()
+    assert digit == artifacts.ready_run("digit") and reader == artifacts.ready_run("number")
+    manifest = artifacts.read_manifest(digit)
+    assert manifest["model"] == "cnn" and manifest["metrics"]["test_accuracy"] >= 0.994
+    assert manifest["data_sha256"]["t10k-images-idx3-ubyte"].startswith("0fa7898d")
+    assert "make ready-models" in manifest["ready_made"]["made_with"]
+    assert artifacts.describe_run(digit).startswith("the ready-made cnn shipped with digitlab")
+    assert artifacts.read_manifest(reader)["reads"] == "number"
 
 
 # ------------------------------------------------------------------ untrusted manifests

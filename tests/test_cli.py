@@ -166,7 +166,7 @@ def test_data_info_for_a_folder(tiny_folder):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["evaluate"], "no trained model in"),
+        (["evaluate", "--run", "/nonexistent"], "is not a run folder"),
         (["show", "--run", "/nonexistent"], "is not a run folder"),
         (["train", "--dataset", "emnist"], "unknown dataset 'emnist'"),
         (["train", "--epochs", "0"], "0 is not in the range"),

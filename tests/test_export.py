@@ -145,11 +145,15 @@ def test_web_export_refuses_a_number_reader(ready_reader, tmp_path):
 # ------------------------------------------------------------------- the page, offline
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *arguments) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def static_host(folder: Path):
     """Any static web server: Python's own, serving ``folder``."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
+    handler = functools.partial(QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -204,6 +208,8 @@ def test_offline_page_reads_drawn_digits_like_python(ready_cnn, browser, mnist_a
                 assert filled / top.locator(".bar").bounding_box()["width"] == pytest.approx(
                     shown, abs=0.02
                 )
+                page.wait_for_function("!document.getElementById('why-figure').hidden")
+                assert page.locator("#why-map").evaluate("i => i.complete && i.naturalWidth === 28")
                 page.screenshot(path=str(shots / f"offline-{name}-{digit}.png"))
 
             # The model in the browser against the Python runtime, on the same 28x28 inputs.
@@ -218,6 +224,19 @@ def test_offline_page_reads_drawn_digits_like_python(ready_cnn, browser, mnist_a
             in_python = numpy_model(digits[..., None].astype(np.float32) / 255)
             assert np.abs(in_browser - in_python).max() < 1e-4
             assert np.array_equal(in_browser[:, :10].argmax(axis=1), y_test[:50])
+            # The map of why, in the browser against digitlab.explain's, for a test digit.
+            predictor = Predictor.from_run(ready_cnn)
+            in_python = predictor.explain(x_test[0])
+            in_browser = np.array(
+                page.evaluate(
+                    "([image, label]) => { const predict = digitlabForward.load(DIGITLAB_MODEL);"
+                    " const probabilities = (p) => { const o = predict(p).slice(0, 10);"
+                    " const t = o.reduce((a, b) => a + b, 0); return o.map((v) => v / t); };"
+                    " return digitlabExplain.occlusionMap(image, probabilities, label); }",
+                    [x_test[0].ravel().tolist(), int(y_test[0])],
+                )
+            ).reshape(28, 28)
+            assert in_python.max() > 0.01 and np.abs(in_browser - in_python).max() < 1e-4
             assert failed == []  # it asked the network for nothing
             page.context.close()
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from digitlab import preprocess
+from digitlab import artifacts, preprocess
 from digitlab.cli import cli
 from digitlab.predict import Predictor
 from digitlab.schemas import DigitAnswer, NumberAnswer
@@ -150,10 +150,32 @@ def test_predict_api_takes_paths_pil_images_and_arrays(mnist_run, test_digits, t
         predictor.predict([np.zeros((40, 40))])
 
 
-def test_predict_without_a_run_is_a_clear_error():
+def test_predict_without_a_run_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(artifacts, "READY_DIR", tmp_path / "none")  # installed without them
     result = CliRunner().invoke(cli, ["predict", "x.png"])
     assert result.exit_code == 1
     assert "no trained model" in result.output and "Traceback" not in result.output
+
+
+def test_predict_with_no_runs_answers_with_the_ready_model(test_digits, tmp_path):
+    x_test, y_test = test_digits
+    Image.fromarray(255 - x_test[0]).resize((112, 112)).save(tmp_path / "digit.png")
+    year = [x_test[np.flatnonzero(y_test == digit)[0]] for digit in (2, 0, 2, 6)]
+    strip = np.pad(np.hstack([np.pad(d, ((0, 0), (4, 4))) for d in year]), 10)
+    Image.fromarray(255 - strip).resize((strip.shape[1] * 3, strip.shape[0] * 3)).save(
+        tmp_path / "year.png"
+    )
+    result = CliRunner().invoke(cli, ["predict", "--json", str(tmp_path / "digit.png")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] == y_test[0]
+    assert "answering with the ready-made cnn shipped with digitlab (99." in result.stderr
+    result = CliRunner().invoke(cli, ["predict", "--number", str(tmp_path / "year.png")])
+    assert result.exit_code == 0, result.output
+    assert "with the ready-made reader shipped with digitlab" in result.stderr
+    assert (
+        result.stdout.startswith(f"{tmp_path / 'year.png'}: 2026 (")
+        and "number reader" in result.stdout
+    )
 
 
 def test_the_explanation_is_not_noise(mnist_run, test_digits):

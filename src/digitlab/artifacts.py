@@ -309,6 +309,8 @@ def resolve_run(run: Path | None = None) -> Path:
     folder has no digit model; a clear error if it is not a run."""
     if run is None:
         latest = config.runs_dir() / LATEST
+        if latest.is_symlink() and not latest.exists():
+            raise NoRunError(f"{latest} points to a run that is gone")
         if not latest.exists():
             ready = ready_run("digit")
             if ready is None:

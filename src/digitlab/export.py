@@ -30,6 +30,9 @@ from digitlab.fileio import atomic_path, leftover_name, umask
 
 FORMATS = ("onnx", "keras", "web")
 ONNX_OPSET = 17  # read by onnxruntime >= 1.13 (Python, C#, Java, JS, mobile)
+# The file format's version: the oldest that has opset 17. The onnx package writes its newest
+# by default, which runtimes older than the package refuse (onnxruntime-web 1.30 did).
+ONNX_IR_VERSION = 8
 INPUT_NAME = "input"  # what `digitlab` feeds the model: pixels scaled to [0, 1]
 OUTPUT_NAME = "probabilities"
 
@@ -188,6 +191,7 @@ def onnx_model(model: runtime.NumpyModel, input_shape: tuple[int, ...], name: st
         made,
         producer_name="digitlab",
         opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
+        ir_version=ONNX_IR_VERSION,
     )
     onnx.checker.check_model(exported, full_check=True)
     return exported
@@ -308,7 +312,7 @@ def _new_folder(destination: Path) -> Iterator[Path]:
             shutil.rmtree(built, ignore_errors=True)
 
 
-OFFLINE_FILES = ("style.css", "forward.js", "preprocess.js", "app.js")
+OFFLINE_FILES = ("style.css", "forward.js", "preprocess.js", "explain.js", "app.js")
 
 EXPORTERS: dict[str, Callable[[Path, Path], Path]] = {
     "onnx": export_onnx,

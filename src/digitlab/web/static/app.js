@@ -106,7 +106,15 @@ function schedule(delay = DEBOUNCE_MS) {
 function readHere() {
   const prepared = digitlabPreprocess.prepare(context.getImageData(0, 0, pad.width, pad.height));
   if (!prepared) { showEmpty(); return; }
-  show(localAnswer(localModel(prepared.pixels), prepared.image));
+  const answer = localAnswer(localModel(prepared.pixels), prepared.image);
+  show(answer);
+  // the map of why once a stroke ends (144 forward passes: too many for every pen move)
+  if (!drawing) showWhy({ ...answer, explanation_url: explainHere(prepared.image, answer.label) });
+}
+
+function explainHere(image, label) {
+  const probabilitiesOf = (pixels) => localAnswer(localModel(pixels), null).probabilities;
+  return digitlabExplain.overlayUrl(digitlabExplain.occlusionMap(image, probabilitiesOf, label));
 }
 
 function localAnswer(output, image) {
@@ -121,7 +129,7 @@ function localAnswer(output, image) {
   return {
     label, label_name: DIGITLAB_MODEL.label_names[label], confidence: probabilities[label],
     probabilities, is_digit: rule ? score >= rule.threshold : null, digit_score: score,
-    input_url: pngOf(image),
+    input_url: image && pngOf(image),
   };
 }
 
@@ -242,10 +250,12 @@ function show(answer) {
 
 function showWhy(answer) {
   const figure = document.getElementById("why-figure");
-  figure.hidden = !answer.explanation_png;
+  figure.hidden = !(answer.explanation_png || answer.explanation_url);
   if (figure.hidden) return;
-  document.getElementById("why-digit").src = `data:image/png;base64,${answer.input_png}`;
-  document.getElementById("why-map").src = `data:image/png;base64,${answer.explanation_png}`;
+  document.getElementById("why-digit").src =
+    answer.input_url || `data:image/png;base64,${answer.input_png}`;
+  document.getElementById("why-map").src =
+    answer.explanation_url || `data:image/png;base64,${answer.explanation_png}`;
   document.getElementById("why-caption").textContent = `Why ${answer.label_name}? In red, the ` +
     "pixels the answer rests on: hiding them costs the model the most confidence.";
 }
