@@ -15,7 +15,7 @@ $(BIN)/digitlab: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(BIN)/digitlab
-	$(BIN)/python -m pip install --quiet -e '.[dev,export]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,export,cluster]'
 	touch $@
 
 data: $(BIN)/digitlab

@@ -823,6 +823,93 @@ def _check_can_listen(host: str, port: int) -> None:
         raise DigitlabError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
 
 
+# ------------------------------------------------------------------------------------ batch
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the results: one file per shard, and shards.json (the job's plan). Run "
+    "again with the same folder to finish an interrupted job: finished shards are skipped.",
+)
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), help=RUN_OPTION_HELP)
+@click.option("--number", is_flag=True, help="Each image holds a written number.")
+@click.option(
+    "--address",
+    help="A Dask scheduler to join (tcp://host:8786). Without it, a local cluster is started "
+    "on this machine. On a cluster, the run folder and the images must be readable by every "
+    "worker at the same paths (a shared file system).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    help="Worker processes of the local cluster (default: one per core).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(1, 1_000_000),
+    default=1_000,
+    show_default=True,
+    help="Images per shard: one task, one output file.",
+)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["parquet", "jsonl"]),
+    default="parquet",
+    show_default=True,
+    help="Output files: Parquet, or JSON Lines (the rows of `predict --json`).",
+)
+def batch(
+    paths: tuple[str, ...],
+    output: Path,
+    run_dir: Path | None,
+    number: bool,
+    address: str | None,
+    workers: int | None,
+    shard_size: int,
+    format_: str,
+) -> None:
+    """Read very many images on a Dask cluster: files, folders (recursively), or lists of
+    paths (a .txt file, one per line).
+
+    Each row has the fields of `predict --json` plus "path" and "error" (null, or why that
+    image could not be read: a bad image is an error row, never a failed job). Each shard's
+    file is written whole or not at all, so a killed worker or job loses nothing and writes
+    nothing twice. Workers run digitlab's NumPy runtime (never Keras).
+    """
+    from digitlab.batch import run_batch
+    from digitlab.predict import Predictor
+
+    predictor = Predictor.for_numbers(run_dir) if number else Predictor.from_run(run_dir)
+    if predictor.reads_numbers and not number:
+        raise DigitlabError(f"{predictor.folder} is a number reader: add --number")
+    names = []
+    for name in _expand_inputs(paths):
+        if name.endswith(".txt") and Path(name).is_file():
+            lines = Path(name).read_text(errors="replace").splitlines()
+            names.extend(line.strip() for line in lines if line.strip())
+        else:
+            names.append(name)
+    if STDIN in names:
+        raise click.UsageError("batch reads files, not standard input")
+    _echo_error(f"reading with {predictor.description}")
+    summary = run_batch(
+        names, output, predictor.folder, number, address, workers, shard_size, format_,
+        report=_echo_error,
+    )  # fmt: skip
+    click.echo(
+        f"{summary.images:,} images read ({summary.errors:,} unreadable: error rows) in "
+        f"{summary.shards - summary.skipped} shards"
+        + (f"; {summary.skipped} shards were done already" if summary.skipped else "")
+        + f"; results in {output}"
+    )
+
+
 # ----------------------------------------------------------------------------------- export
 
 EXPORT_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "web": ""}

@@ -262,25 +262,30 @@ class Predictor:
         return answers
 
     def predict_many(
-        self, named: Iterable[tuple[str, object]], number: bool = False, chunk: int = CHUNK
+        self,
+        named: Iterable[tuple[str, object]],
+        number: bool = False,
+        chunk: int = CHUNK,
+        workers: int | None = None,
     ) -> Iterator[tuple[str, Answer | ImageError]]:
         """(name, image) pairs -> (name, answer or that image's ImageError), in order.
 
-        One bad image fails only itself. Images are prepared ``chunk`` at a time (over all
-        cores for large chunks), then predicted together.
+        One bad image fails only itself. Images are prepared ``chunk`` at a time (over
+        ``workers`` processes, default one per core, for large chunks), then predicted
+        together.
         """
         named = list(named)
         for start in range(0, len(named), chunk):
             part = named[start : start + chunk]
             if self.reads_numbers:
-                prepared = preprocess.prepare_many([image for _, image in part], "strip")
+                prepared = preprocess.prepare_many([image for _, image in part], "strip", workers)
                 good = [item for item in prepared if not isinstance(item, ImageError)]
                 read = iter(self.read_strips(good))
                 for (name, _), item in zip(part, prepared, strict=True):
                     yield name, item.naming(name) if isinstance(item, ImageError) else next(read)
                 continue
             kind = "number" if number else "digit"
-            prepared = preprocess.prepare_many([image for _, image in part], kind)
+            prepared = preprocess.prepare_many([image for _, image in part], kind, workers)
             if number:
                 for (name, _), item in zip(part, prepared, strict=True):
                     if isinstance(item, ImageError):
