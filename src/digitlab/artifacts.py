@@ -86,6 +86,8 @@ def build_manifest(result: TrainResult, files: DataFiles) -> dict:
         "stopped_after": result.stopped_after,  # set when early stopping ended training
         "epoch_seconds": result.epoch_seconds,
         "train_seconds": result.train_seconds,
+        # trained data-parallel (train --distributed): {"processes": N, "devices": D}
+        "distributed": result.distributed,
         "metrics": {**result.metrics, "overfitting_gap": result.overfitting_gap},
         "first_predictions": _first_predictions(result),
         "data_sha256": files.sha256,

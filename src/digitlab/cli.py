@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,14 @@ class Commands(click.Group):
         try:
             return super().invoke(ctx)
         except DigitlabError as error:
+            from digitlab.distributed import JobStoppedError
+
+            if isinstance(error, JobStoppedError):
+                # One line, then out at once: JAX's own shutdown would abort with a stack trace
+                # when another process of the job is gone.
+                click.echo(f"Error: {error}", err=True)
+                sys.stderr.flush()
+                os._exit(1)
             hint = _hint(error)
             raise click.ClickException(
                 f"{error}" + (f"\n  What you can do: {hint}" if hint else "")
@@ -208,6 +217,31 @@ def _shown_default(value) -> str:
     f"[default: {models.get('reader').default('numbers'):,}].",
 )
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
+@click.option(
+    "--distributed",
+    is_flag=True,
+    help="Train data-parallel over every device of a job of one or more processes (JAX's "
+    "distributed runtime; start the same command in each process). The batch size stays the "
+    "global one, split over the devices: with more devices, each computes fewer images per "
+    "step and the gradients are averaged (one exchange per step, which costs more than it "
+    "saves on a single CPU machine). Only process 0 writes the run. The mlp and cnn only.",
+)
+@click.option(
+    "--coordinator",
+    metavar="HOST:PORT",
+    help="With --distributed: process 0's address, the same for every process "
+    "[env: KERAS_DISTRIBUTION_JOB_ADDRESSES; under Slurm or Open MPI: detected].",
+)
+@click.option(
+    "--num-processes",
+    type=click.IntRange(min=1),
+    help="With --distributed: processes in the job [env: KERAS_DISTRIBUTION_NUM_PROCESSES].",
+)
+@click.option(
+    "--process-id",
+    type=click.IntRange(min=0),
+    help="With --distributed: this process, 0 to N-1 [env: KERAS_DISTRIBUTION_PROCESS_ID].",
+)
 def train(
     model: str,
     dataset: str,
@@ -219,6 +253,10 @@ def train(
     augment: bool | None,
     numbers: int | None,
     summary: bool,
+    distributed: bool,
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
 ) -> None:
     """Run the tutorial: load, build, compile, scale, fit, predict, plot, evaluate.
 
@@ -241,12 +279,37 @@ def train(
     )
     if numbers is not None and models.get(model).reads != "number":
         raise click.UsageError("--numbers only goes with a number reader (--model reader)")
-    artifacts.check_writable()  # before the training, not after it
-    files = datasets.ensure(dataset, report=_echo_error)
+    if not distributed and (coordinator or num_processes or process_id is not None):
+        raise click.UsageError(
+            "--coordinator, --num-processes and --process-id go with --distributed"
+        )
+    if distributed and models.get(model).reads == "number":
+        raise click.UsageError(
+            "--distributed trains the mlp or the cnn; the reader trains in one process"
+        )
+    job = None
+    if distributed:
+        from digitlab.distributed import join
+
+        job = join(coordinator, num_processes, process_id)
+        _echo_error(
+            f"process {job.process_id} of {job.process_count}: training data-parallel on "
+            f"{job.device_count} devices" + ("" if job.is_main else "; process 0 writes the run")
+        )
+    main_process = job is None or job.is_main
+    if main_process:
+        artifacts.check_writable()  # before the training, not after it
+    files = datasets.ensure(dataset, report=_echo_error if main_process else lambda line: None)
     data = datasets.to_arrays(files)
-    if summary:
+    if summary and main_process:
         models.build(config.model).summary(print_fn=lambda line, **_: click.echo(line))
-    result = training.train(config, data, report=click.echo, data_origin=files.origin)
+    result = training.train(
+        config, data, report=click.echo if main_process else lambda line: None,
+        verbose=2 if main_process else 0, data_origin=files.origin, job=job,
+    )  # fmt: skip
+    if not main_process:
+        click.echo(f"process {job.process_id} of {job.process_count}: done")
+        return
     _, (x_test, y_test) = data
     from digitlab.reports import NUMBER_SECTIONS, SECTIONS
 

@@ -6,6 +6,7 @@ passes ``click.echo``, tests pass a list's ``append``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from digitlab import DigitlabError, evaluation, models
+from digitlab import DigitlabError, distributed, evaluation, models
 from digitlab.augment import augment, other_handwriting
 from digitlab.config import NUM_CLASSES, PREDICTIONS_SHOWN, TrainConfig
 from digitlab.datasets import Arrays, Report
+from digitlab.distributed import Job
 
 if TYPE_CHECKING:
     import keras
@@ -46,6 +48,7 @@ class TrainResult:
     stopped_after: int | None = None  # the last epoch run, when early stopping ended training
     numbers: evaluation.NumberEvaluation | None = None  # a reader's test numbers, as read
     rejection: dict | None = None  # the "not a digit" rule (calibrate_rejection)
+    distributed: dict | None = None  # trained data-parallel: processes and devices
 
     @property
     def overfitting_gap(self) -> float:
@@ -376,15 +379,21 @@ def train(
     verbose: int = 2,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     data_origin: str = "",
+    job: Job | None = None,
 ) -> TrainResult:
     """Build, compile, fit and evaluate ``config.model`` on ``data``, reporting each step.
 
     ``data_origin`` says where the data came from in step 1 (``DataFiles.origin``).
     ``callbacks`` run after digitlab's own (the epoch timer, keeping the best epoch).
+    ``job``: train data-parallel over this distributed job's devices
+    (``distributed.join``); each process fits on its shard of every batch.
     """
     import keras
 
+    job = job or Job()
     if models.get(config.model).reads == "number":
+        if job.distributed:
+            raise DigitlabError("the number reader trains in one process: drop --distributed")
         return train_reader(config, data, report, verbose, callbacks, data_origin)
     (x_train, y_train), (x_test, y_test) = data
     _check(config, len(x_train))
@@ -422,33 +431,54 @@ def train(
         non_digits, validation_non_digits = _non_digits(config, fit_count, held_out, report)
 
     # The validation images come from the end of the training set, as Keras' validation_split.
+    # In a distributed job each process fits on its shard (all of it with one process), in
+    # batches of its share of the batch size.
+    shard = job.shard
+    local_config = dataclasses.replace(config, batch_size=job.per_process_batch(config.batch_size))
     fit_arguments: dict = {"epochs": config.epochs}
     if held_out:
         validation = (train_inputs[fit_count:], y_train[fit_count:])
         if validation_non_digits is not None:
             validation = _with_non_digits(*validation, validation_non_digits, input_shape)
-        fit_arguments["validation_data"] = validation
+        fit_arguments["validation_data"] = tuple(shard(part) for part in validation)
+        fit_arguments["validation_batch_size"] = local_config.batch_size
     if config.augment:
         fit_arguments["x"] = augmented_batches(
-            x_train[:fit_count], y_train[:fit_count], config, input_shape, non_digits
-        )
+            shard(x_train[:fit_count]), shard(y_train[:fit_count]), local_config, input_shape,
+            None if non_digits is None else shard(non_digits),
+        )  # fmt: skip
     else:
         fit_arguments |= {
-            "x": train_inputs[:fit_count],
-            "y": y_train[:fit_count],
-            "batch_size": config.batch_size,
+            "x": shard(train_inputs[:fit_count]),
+            "y": shard(y_train[:fit_count]),
+            "batch_size": local_config.batch_size,
             "shuffle": True,
         }
     report(
         f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
+        + (
+            f" (data-parallel: {local_config.batch_size} per process on "
+            f"{job.process_count} process(es), {job.device_count} devices)"
+            if job.distributed
+            else ""
+        )
         + _describe_augmentation(config)
         + _describe_validation(config, held_out)
     )
     timer, epoch_seconds = _epoch_timer()
     keep_best = _keep_best(config.early_stopping)
     started = time.perf_counter()
-    history = model.fit(callbacks=[timer, keep_best, *callbacks], verbose=verbose, **fit_arguments)
+    try:
+        history = model.fit(
+            callbacks=[timer, keep_best, *callbacks], verbose=verbose, **fit_arguments
+        )
+    except Exception as error:
+        if job.process_count > 1 and "jax" in type(error).__module__.lower():
+            raise distributed.stopped(error, job) from None
+        raise
     train_seconds = time.perf_counter() - started
+    if job.distributed:
+        model = distributed.local_copy(model, lambda: models.build(config.model))
     if keep_best.stopped_after:
         report(f"      stopped early after epoch {keep_best.stopped_after}")
     if keep_best.best_epoch:
@@ -495,6 +525,7 @@ def train(
         best_epoch=keep_best.best_epoch or None,
         stopped_after=keep_best.stopped_after or None,
         rejection=rejection,
+        distributed=job.describe() if job.distributed else None,
     )
     _report_results(result, y_test, len(x_train), report)
     return result
