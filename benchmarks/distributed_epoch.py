@@ -44,10 +44,24 @@ def two_processes(model: str, epochs: int, runs: Path) -> dict:
     port = free_port()
     processes = [
         subprocess.Popen(
-            [DIGITLAB, "train", "--model", model, "--epochs", str(epochs), "--distributed",
-             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-             "--process-id", str(index)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                DIGITLAB,
+                "train",
+                "--model",
+                model,
+                "--epochs",
+                str(epochs),
+                "--distributed",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(index),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "DIGITLAB_RUNS": str(runs)},
         )  # fmt: skip
         for index in (0, 1)

@@ -4,8 +4,8 @@ memory, install size, on the same files with the same reading function.
 Each engine reads COUNT PNG files (MNIST digits) with digitlab's NumPy runtime, loaded once per
 worker: Dask as `digitlab batch` does it (a task per shard of 1,000 paths), Ray as Ray Data's
 documented pattern (`read_binary_files` + `map_batches` with a class). Ray is not a digitlab
-dependency: run this with a Python that has both (`pip install ray` in a separate venv that
-also sees digitlab's, e.g. through a .pth file).
+dependency: run this with a Python that has both (`pip install ray pandas` in a separate venv
+that also sees digitlab's, e.g. through a .pth file).
 
     python benchmarks/engines.py [--count 20000]
 """
@@ -100,7 +100,9 @@ def ray_figures(paths: list[str], folder: Path, workers: int) -> dict:
     import ray
 
     started = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    # one CPU slot more than readers: Ray Data's file-reading tasks need one of their own, or
+    # they wait forever behind the reading actors
+    ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
     start_up = time.perf_counter() - started
     started = time.perf_counter()
     dataset = ray.data.read_binary_files(str(folder), include_paths=True).map_batches(
@@ -128,6 +130,7 @@ def main() -> None:
             "install_mb": installed_megabytes("dask", "distributed"),
             **{f"workers_{n}": dask_figures(paths, n) for n in (1, 2)},
         }
+        print("dask", result["dask"], flush=True)
         try:
             import ray  # noqa: F401
         except ImportError:
