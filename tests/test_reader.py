@@ -119,18 +119,34 @@ def test_predict_number_finds_the_newest_reader_and_says_so(reader_run, test_dig
     assert f"reading numbers with the reader of {reader_run}" in plain.stderr
 
 
-def test_without_a_reader_predict_number_segments_and_says_how_to_get_one(mnist_run, tmp_path):
-    scan = tmp_path / "number.png"
-    Image.fromarray(np.full((60, 120), 255, np.uint8)).save(scan)
+def test_without_a_reader_of_ones_own_the_ready_one_reads_or_blobs_on_request(
+    mnist_run, tmp_path, monkeypatch
+):
     image = np.full((60, 120), 255, np.uint8)
     image[10:50, 20:26] = 0
     image[10:50, 70:76] = 0
+    scan = tmp_path / "number.png"
     Image.fromarray(image).save(scan)
-    result = run_cli("predict", "--number", "--json", str(scan), runs=mnist_run.parent)
+    # runs/ has a digit model and no number reader: the ready-made reader answers, and says so
+    plain = run_cli("predict", "--number", str(scan), runs=mnist_run.parent)
+    assert plain.returncode == 0, plain.stderr
+    assert "reading numbers with the ready-made reader shipped with digitlab" in plain.stderr
+    assert plain.stdout.startswith(f"{scan}: 11 (") and "number reader" in plain.stdout
+    # blob segmentation with the digit model, when asked for
+    result = run_cli("predict", "--number", "--reader", SEGMENT, "--json", str(scan),
+                     runs=mnist_run.parent)  # fmt: skip
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["reader"] == SEGMENTATION and len(answer["digits"]) == 2
     assert [round(d["x"]) for d in answer["digits"]] == [23, 73]
-    plain = run_cli("predict", "--number", str(scan), runs=mnist_run.parent)
-    assert "reading numbers by blob segmentation with the mlp of" in plain.stderr
-    assert "`digitlab train --model reader` makes one" in plain.stderr
+    # and, in an installation without the ready models, by default, with how to get a reader
+    from click.testing import CliRunner
+
+    from digitlab.cli import cli
+
+    monkeypatch.setattr(artifacts, "READY_DIR", tmp_path / "none")
+    monkeypatch.setenv("DIGITLAB_RUNS", str(mnist_run.parent))
+    result = CliRunner().invoke(cli, ["predict", "--number", str(scan)])
+    assert result.exit_code == 0, result.output
+    assert "reading numbers by blob segmentation with the mlp of" in result.stderr
+    assert "`digitlab train --model reader` makes one" in result.stderr
