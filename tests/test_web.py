@@ -390,7 +390,7 @@ def test_write_a_number_in_chromium(mnist_run, reader_run, browser, tmp_path):
         pad = page.locator("#pad").bounding_box()
         assert pad["width"] == pytest.approx(pad["height"], rel=0.02)
         assert page.locator("#label").text_content() == "\u2013"
-    assert "numbers read by the number reader" in log.read_text()
+    assert f"numbers read by the reader of {reader_run}" in log.read_text()
 
 
 def test_explain_adds_a_map_of_what_the_answer_rests_on(client, mnist_test):
