@@ -2,7 +2,7 @@
 
 ONNX is written from the run's own layer description (``inference.npz``, the NumPy runtime's
 copy) with the ``onnx`` package: Keras 3's ``model.export(format="onnx")`` would need
-TensorFlow and tf2onnx beside JAX (about 600 MB installed, against 15 MB for ``onnx``), and
+TensorFlow and tf2onnx beside JAX (about 600 MB installed, against 31 MB for ``onnx``), and
 the description already names every layer digitlab trains. Tests run every exported model in
 onnxruntime against the run's own predictions on the 10,000 MNIST test digits.
 
