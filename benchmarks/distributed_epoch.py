@@ -1,5 +1,6 @@
-"""Epoch time of `digitlab train --distributed` with 2 processes on this machine against one
-process (issue #14), for the MLP and the CNN, from the runs' own epoch timings.
+"""Epoch time of `digitlab train --distributed` with 2 processes on this machine, and with one
+process given two CPU devices (XLA_FLAGS), against one process (issue #14), for the MLP and the
+CNN, from the runs' own epoch timings.
 
     python benchmarks/distributed_epoch.py [--epochs 3] [--models mlp cnn]
 """
@@ -32,10 +33,16 @@ def manifest_of(runs: Path) -> dict:
     return json.loads((runs / "latest" / "metrics.json").read_text())
 
 
-def single(model: str, epochs: int, runs: Path) -> dict:
+def single(model: str, epochs: int, runs: Path, devices: int = 1) -> dict:
+    """One process; with ``devices`` > 1, data-parallel over that many forced CPU devices."""
+    environment = {**os.environ, "DIGITLAB_RUNS": str(runs)}
+    options = []
+    if devices > 1:
+        environment["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        options = ["--distributed"]
     subprocess.run(
-        [DIGITLAB, "train", "--model", model, "--epochs", str(epochs)],
-        check=True, capture_output=True, env={**os.environ, "DIGITLAB_RUNS": str(runs)},
+        [DIGITLAB, "train", "--model", model, "--epochs", str(epochs), *options],
+        check=True, capture_output=True, env=environment,
     )  # fmt: skip
     return manifest_of(runs)
 
@@ -92,10 +99,13 @@ def main() -> None:
         for model in arguments.models:
             one = figures(single(model, arguments.epochs, Path(scratch) / f"{model}-1"))
             two = figures(two_processes(model, arguments.epochs, Path(scratch) / f"{model}-2"))
+            devices = figures(single(model, arguments.epochs, Path(scratch) / f"{model}-d", 2))
             result[model] = {
                 "one_process": one,
                 "two_processes": two,
+                "one_process_two_devices": devices,
                 "epoch_time_ratio": round(two["steady_epoch_s"] / one["steady_epoch_s"], 2),
+                "two_devices_ratio": round(devices["steady_epoch_s"] / one["steady_epoch_s"], 2),
             }
             print(model, result[model], flush=True)
     write_result("distributed_epoch", result)

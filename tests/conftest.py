@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +155,26 @@ def reader_run(tmp_path_factory, mnist_files, mnist_arrays) -> Path:
 
 READER_TEST_NUMBERS = 12_000
 READER_TEST_EPOCHS = 3
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *arguments) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_host(folder: Path, handler: type = QuietHandler):
+    """Any static web server: Python's own, serving ``folder``; yields its URL."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:

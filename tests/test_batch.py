@@ -3,23 +3,29 @@ worker."""
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from dask.distributed import Client, LocalCluster
 from PIL import Image
 
+from conftest import QuietHandler, free_port, static_host
 from digitlab import artifacts
-from digitlab.batch import read_results, run_batch
+from digitlab.batch import list_sources, read_results, run_batch
 from digitlab.cli import cli
 
 
@@ -130,6 +136,86 @@ def test_the_command_on_a_local_cluster(images, tmp_path):
     assert "reading with the ready-made cnn" in result.stderr
     rows = read_results(tmp_path / "out")
     assert [row["path"] for row in rows] == sorted(list(truth)[:12])
+
+
+class FlakyHost(QuietHandler):
+    """A web host whose /flaky/ images fail once with 503 before they are served."""
+
+    failed: set[str] = set()
+
+    def do_GET(self):
+        if self.path.startswith("/flaky/") and self.path not in self.failed:
+            self.failed.add(self.path)
+            self.send_error(503, "busy")
+            return
+        super().do_GET()
+
+
+def test_tar_shards_lists_and_urls_each_image_once(cluster, tmp_path, mnist_arrays):
+    """What an office hands over: tar shards of scans, a CSV of paths, a Parquet list of URLs
+    (one missing on the host, one failing once, one host that is down)."""
+    _, (x_test, y_test) = mnist_arrays
+    truth = write_images(tmp_path / "scans", x_test[:24], y_test[:24])
+    files = list(truth)
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as archive:
+        for path in files[:8]:
+            archive.add(path, arcname=f"forms/{Path(path).name}")
+        notes = tarfile.TarInfo("forms/notes.png")
+        notes.size = 4
+        archive.addfile(notes, io.BytesIO(b"text"))
+        archive.add(tmp_path / "scans", arcname="skipped-folder", recursive=False)
+    with (tmp_path / "list.csv").open("w") as listing:
+        listing.write("id,path\n" + "".join(f"{i},{p}\n" for i, p in enumerate(files[8:14])))
+    web = tmp_path / "www"
+    for folder, chosen in (("ok", files[14:20]), ("flaky", files[20:22])):
+        (web / folder).mkdir(parents=True)
+        for path in chosen:
+            shutil.copy(path, web / folder)
+    with static_host(web, FlakyHost) as host:
+        urls = [f"{host}/{p.parent.name}/{p.name}" for p in sorted(web.rglob("*.png"))]
+        urls += [f"{host}/ok/missing.png", f"http://127.0.0.1:{free_port()}/down.png"]
+        pq.write_table(pa.table({"url": urls}), tmp_path / "urls.parquet")
+        names = list_sources(
+            [str(tmp_path / "shard-0.tar"), str(tmp_path / "list.csv"),
+             str(tmp_path / "urls.parquet"), files[23]]
+        )  # fmt: skip
+        assert len(names) == 9 + 6 + 10 + 1  # the tar's folder entry is no image
+        summary = run_batch(names, tmp_path / "out", artifacts.ready_run("digit"), shard_size=7,
+                            client=cluster, report=lambda line: None)  # fmt: skip
+    rows = read_results(tmp_path / "out")
+    assert Counter(row["path"] for row in rows) == Counter(names)
+    errors = {row["path"].rsplit("/", 1)[-1]: row["error"] for row in rows if row["error"]}
+    assert set(errors) == {"notes.png", "missing.png", "down.png"} and summary.errors == 3
+    assert "HTTP 404" in errors["missing.png"] and "could not download" in errors["down.png"]
+    label_of = {Path(path).name: label for path, label in truth.items()}
+    read = [row for row in rows if not row["error"]]
+    assert len(read) == 23  # the flaky ones were read on their second try
+    right = sum(row["label"] == label_of[row["path"].rsplit("/", 1)[-1]] for row in read)
+    assert right >= 22
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("urls.parquet", None, "needs a 'path' or 'url' column"),
+        ("broken.tar", b"not a tar archive at all" * 40, "not a readable tar archive"),
+        ("absent.png", None, "no such file or folder"),
+    ],
+)
+def test_unusable_inputs_are_one_line_errors(name, content, message, tmp_path):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"file": ["a.png"]}), path)
+    elif content is not None:
+        path.write_bytes(content)
+    result = CliRunner().invoke(cli, ["batch", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_csv_without_a_header_lists_its_first_column(tmp_path):
+    (tmp_path / "plain.csv").write_text("a.png,7\nb.png,1\n")
+    assert list_sources([str(tmp_path / "plain.csv")]) == ["a.png", "b.png"]
 
 
 @pytest.mark.slow

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import http.server
 import io
 import os
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from conftest import pinned_spec, write_idx_folder
+from conftest import pinned_spec, static_host, write_idx_folder
 from digitlab import datasets, fileio
 from digitlab.datasets import DataError, FolderSource, MirrorSource
 
@@ -204,19 +202,8 @@ def mirror(tmp_path, tiny_data):
     np.savez(buffer, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     (tmp_path / "www" / "mnist.npz").write_bytes(buffer.getvalue())
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(tmp_path / "www"), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", raw
-    server.shutdown()
-    server.server_close()
+    with static_host(tmp_path / "www") as url:
+        yield url, raw
 
 
 def test_sources_are_tried_in_turn_each_failure_one_line(mirror):

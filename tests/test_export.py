@@ -4,11 +4,8 @@ file, and the offline page in Chromium with the network blocked."""
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import onnxruntime
 import pytest
 from click.testing import CliRunner
 
-from conftest import STROKES, draw
+from conftest import STROKES, draw, static_host
 from digitlab import artifacts, export, preprocess, runtime, synthetic
 from digitlab.cli import cli
 from digitlab.predict import Predictor
@@ -143,24 +140,6 @@ def test_web_export_refuses_a_number_reader(ready_reader, tmp_path):
 
 
 # ------------------------------------------------------------------- the page, offline
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *arguments) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def static_host(folder: Path):
-    """Any static web server: Python's own, serving ``folder``."""
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
 
 
 def offline_page(browser, url: str, host: str):

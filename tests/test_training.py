@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from digitlab import DigitlabError, models, training
-from digitlab.config import TrainConfig
+from digitlab.config import NUM_CLASSES, TrainConfig
 
 
 def tiny_model():
@@ -107,6 +107,18 @@ def test_plain_final_epochs_are_unaugmented_and_at_most_half_the_run():
         )
         batches.on_epoch_end()
     assert seen == [False, False, True, True]
+
+
+def test_batches_with_non_digits_split_evenly_over_a_process_devices():
+    images = np.zeros((40, 28, 28), np.uint8)
+    config = models.get("cnn").config(batch_size=16, non_digit_share=0.2)  # 3.2 non-digits
+    non_digits = np.full((10, 28, 28), 255, np.uint8)
+    for devices, size in ((1, 16 + 3), (2, 16 + 2)):
+        batches = training.augmented_batches(
+            images, np.zeros(40, np.uint8), config, (28, 28, 1), non_digits, devices
+        )
+        batch, labels = batches[0]
+        assert len(batch) == size and (labels == NUM_CLASSES).sum() == size - 16
 
 
 @pytest.mark.slow

@@ -17,18 +17,32 @@ dead worker's work.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import tarfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from digitlab import DigitlabError
+from digitlab import DigitlabError, __version__
 from digitlab.fileio import atomic_path, atomic_write_text
+from digitlab.preprocess import IMAGE_SUFFIXES, MAX_FILE_BYTES, ImageError
 
 SHARD_SIZE = 1_000  # images per task: ~0.5-1 s of work, so scheduling costs little
 PLAN_FILE = "shards.json"
 FORMATS = ("parquet", "jsonl")
+URL_PREFIXES = ("http://", "https://")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # an image inside is named archive.tar/its/name.png
+LIST_COLUMNS = ("path", "url")  # the column of a .csv or .parquet list that names the images
+URL_TIMEOUT = 30  # seconds per try
+URL_TRIES = 3  # a download that fails for the network or a 5xx answer is tried again
+DOWNLOADS = 8  # URLs a worker downloads at once (waiting on the network, not the CPU)
+GROUP = 256  # images of a shard fetched, then read, together: the bytes held at once
 # A worker is one process with one thread (the NumPy runtime and preprocessing are one core's
 # work each) and one BLAS thread.
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -40,6 +54,167 @@ def _cluster_modules():
     except ImportError:
         raise DigitlabError("digitlab batch needs Dask: pip install 'digitlab[cluster]'") from None
     return dask.distributed
+
+
+def list_sources(given: Iterable[str]) -> list[str]:
+    """What the user named -> the names of the images to read.
+
+    Image files and URLs (http, https) as given; folders searched recursively for images;
+    tar archives (``.tar``, ``.tar.gz``, ``.tgz``), each image inside named
+    ``archive.tar/its/name.png``; lists of images: ``.txt`` (one per line), ``.csv`` (its
+    ``path`` or ``url`` column, else its first column), ``.parquet`` (its ``path`` or ``url``
+    column). Paths in a list are as they would be given on the command line.
+    """
+    names: list[str] = []
+    for name in given:
+        path = Path(name)
+        lower = name.lower()
+        if lower.startswith(URL_PREFIXES):
+            names.append(name)
+        elif path.is_dir():
+            names.extend(
+                sorted(str(p) for p in path.rglob("*") if _is_image_name(p.name) and p.is_file())
+            )
+        elif not path.is_file():
+            raise DigitlabError(f"{name}: no such file or folder")
+        elif lower.endswith(TAR_SUFFIXES):
+            names.extend(f"{name}/{member}" for member in _archive_images(path))
+        elif lower.endswith((".txt", ".csv", ".parquet")):
+            names.extend(_read_list(path))
+        else:
+            names.append(name)
+    return names
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _archive_images(path: Path) -> list[str]:
+    try:
+        with tarfile.open(path) as archive:
+            return [m.name for m in archive.getmembers() if m.isfile() and _is_image_name(m.name)]
+    except (OSError, tarfile.TarError, EOFError) as error:
+        raise DigitlabError(f"{path}: not a readable tar archive ({error})") from None
+
+
+def _read_list(path: Path) -> list[str]:
+    """The image names in a .txt, .csv or .parquet list."""
+    try:
+        if path.suffix.lower() == ".txt":
+            lines = path.read_text(errors="replace").splitlines()
+            return [line.strip() for line in lines if line.strip()]
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", errors="replace") as file:
+                rows = [row for row in csv.reader(file) if row and row[0].strip()]
+            if not rows:
+                return []
+            header = [cell.strip().lower() for cell in rows[0]]
+            named = [column for column in LIST_COLUMNS if column in header]
+            column, body = (header.index(named[0]), rows[1:]) if named else (0, rows)
+            return [row[column].strip() for row in body if len(row) > column]
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    except (OSError, ValueError, csv.Error) as error:  # pyarrow's errors are ValueErrors/OSErrors
+        raise DigitlabError(f"{path}: cannot read this list ({error})") from None
+    named = [column for column in LIST_COLUMNS if column in table.column_names]
+    if not named:
+        raise DigitlabError(
+            f"{path}: a Parquet list needs a 'path' or 'url' column (it has: "
+            f"{', '.join(table.column_names)})"
+        )
+    return [str(value) for value in table.column(named[0]).to_pylist() if value]
+
+
+class _Sources:
+    """A worker's way to the bytes of each named image: a file's path, an image inside a tar
+    archive (each archive opened once per shard), or a URL (downloaded, tried again on
+    network errors and 5xx answers). A source that cannot be had is that image's ImageError."""
+
+    def __init__(self):
+        self.archives: dict[str, tarfile.TarFile] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        for archive in self.archives.values():
+            archive.close()
+
+    def get_many(self, names: Iterable[str]) -> list[tuple[str, Path | bytes | ImageError]]:
+        """(name, source) for each name, in order; URLs downloaded ``DOWNLOADS`` at a time."""
+        names = list(names)
+        urls = [name for name in names if name.lower().startswith(URL_PREFIXES)]
+        with ThreadPoolExecutor(DOWNLOADS) as pool:
+            downloaded = dict(zip(urls, pool.map(self.get, urls), strict=True))
+        return [
+            (name, downloaded[name] if name in downloaded else self.get(name)) for name in names
+        ]
+
+    def get(self, name: str) -> Path | bytes | ImageError:
+        try:
+            if name.lower().startswith(URL_PREFIXES):
+                return _download(name)
+            inside = _archive_member(name)
+            return self._member(*inside) if inside else Path(name)
+        except ImageError as error:
+            return error.naming(name)
+
+    def _member(self, archive_path: str, member: str) -> bytes:
+        if archive_path not in self.archives:
+            try:
+                self.archives[archive_path] = tarfile.open(archive_path)
+            except (OSError, tarfile.TarError, EOFError) as error:
+                raise ImageError(f"cannot open its archive ({error})") from None
+        archive = self.archives[archive_path]
+        try:
+            info = archive.getmember(member)
+            if not info.isfile():
+                raise ImageError("not a file in its archive")
+            if info.size > MAX_FILE_BYTES:
+                raise ImageError(f"over {MAX_FILE_BYTES // 2**20} MiB: too large")
+            return archive.extractfile(info).read()
+        except KeyError:
+            raise ImageError("not in its archive") from None
+        except (OSError, tarfile.TarError, EOFError) as error:
+            raise ImageError(f"cannot read it from its archive ({error})") from None
+
+
+def _archive_member(name: str) -> tuple[str, str] | None:
+    """``archive.tar/its/name.png`` -> (``archive.tar``, ``its/name.png``), when that
+    archive is a file; else None."""
+    lower = name.lower()
+    for suffix in TAR_SUFFIXES:
+        at = lower.find(suffix + "/")
+        while at >= 0:
+            archive = name[: at + len(suffix)]
+            if Path(archive).is_file():
+                return archive, name[at + len(suffix) + 1 :]
+            at = lower.find(suffix + "/", at + 1)
+    return None
+
+
+def _download(url: str) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": f"digitlab/{__version__}"})
+    for attempt in range(1, URL_TRIES + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:
+                data = response.read(MAX_FILE_BYTES + 1)
+        except urllib.error.HTTPError as error:
+            if error.code < 500 or attempt == URL_TRIES:
+                reason = f"could not download it: HTTP {error.code} {error.reason}"
+                raise ImageError(reason) from None
+        except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: a bad URL
+            if attempt == URL_TRIES or isinstance(error, ValueError):
+                reason = getattr(error, "reason", error)
+                raise ImageError(f"could not download it: {reason}") from None
+        else:
+            if len(data) > MAX_FILE_BYTES:
+                raise ImageError(f"over {MAX_FILE_BYTES // 2**20} MiB: too large")
+            return data
+        time.sleep(attempt)  # 1 s, then 2 s
+    raise AssertionError("unreachable")
 
 
 def shard_file(index: int, format: str) -> str:
@@ -81,13 +256,18 @@ def _predictor(run: str):
 def read_shard(task: Task) -> dict:
     """Read one shard's images and write its file (runs on a worker)."""
     predictor = _predictor(task.run)
-    named = [(path, Path(path)) for path in task.paths]
     rows = []
-    for path, answer in predictor.predict_many(named, number=task.number, workers=1):
-        if hasattr(answer, "reason"):  # an ImageError: this image only
-            rows.append({"path": path, "error": answer.reason})
-        else:
-            rows.append({"path": path, **answer.to_dict(), "error": None})
+    with _Sources() as sources:
+        for start in range(0, len(task.paths), GROUP):  # a group's bytes in memory at a time
+            named = sources.get_many(task.paths[start : start + GROUP])
+            readable = [pair for pair in named if not isinstance(pair[1], ImageError)]
+            answers = predictor.predict_many(readable, number=task.number, workers=1)  # in order
+            for path, source in named:
+                answer = source if isinstance(source, ImageError) else next(answers)[1]
+                if isinstance(answer, ImageError):  # this image only
+                    rows.append({"path": path, "error": answer.reason})
+                else:
+                    rows.append({"path": path, **answer.to_dict(), "error": None})
     _write_rows(rows, Path(task.output), task.format, task.number)
     return {
         "shard": task.index,

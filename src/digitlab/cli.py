@@ -577,26 +577,14 @@ def compare(runs: tuple[Path, ...]) -> None:
         click.echo(f"{label:<16}" + "".join(f"{value(m):>{width}}" for m in manifests))
 
 
-IMAGE_SUFFIXES = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".pgm",
-    ".ppm",
-    ".pbm",
-    ".avif",
-}
 STDIN = "-"
 EXPLAINED = 20  # digits explained by predict --explain: a page a person can read
 
 
 def _expand_inputs(paths: tuple[str, ...]) -> list[str]:
     """Files as given, folders searched recursively for images, ``-`` for standard input."""
+    from digitlab.preprocess import IMAGE_SUFFIXES
+
     expanded: list[str] = []
     for given in paths:
         path = Path(given)
@@ -937,29 +925,25 @@ def batch(
     shard_size: int,
     format_: str,
 ) -> None:
-    """Read very many images on a Dask cluster: files, folders (recursively), or lists of
-    paths (a .txt file, one per line).
+    """Read very many images on a Dask cluster: files, folders (recursively), tar archives
+    (each image inside: "archive.tar/name.png"), http(s) URLs, and lists of them (.txt: one
+    per line; .csv: its "path" or "url" column, else the first; .parquet: its "path" or "url"
+    column).
 
     Each row has the fields of `predict --json` plus "path" and "error" (null, or why that
     image could not be read: a bad image is an error row, never a failed job). Each shard's
     file is written whole or not at all, so a killed worker or job loses nothing and writes
     nothing twice. Workers run digitlab's NumPy runtime (never Keras).
     """
-    from digitlab.batch import run_batch
+    from digitlab.batch import list_sources, run_batch
     from digitlab.predict import Predictor
 
     predictor = Predictor.for_numbers(run_dir) if number else Predictor.from_run(run_dir)
     if predictor.reads_numbers and not number:
         raise DigitlabError(f"{predictor.folder} is a number reader: add --number")
-    names = []
-    for name in _expand_inputs(paths):
-        if name.endswith(".txt") and Path(name).is_file():
-            lines = Path(name).read_text(errors="replace").splitlines()
-            names.extend(line.strip() for line in lines if line.strip())
-        else:
-            names.append(name)
-    if STDIN in names:
+    if STDIN in paths:
         raise click.UsageError("batch reads files, not standard input")
+    names = list_sources(paths)
     _echo_error(f"reading with {predictor.description}")
     summary = run_batch(
         names, output, predictor.folder, number, address, workers, shard_size, format_,

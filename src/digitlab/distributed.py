@@ -48,6 +48,7 @@ class Job:
     process_id: int = 0
     process_count: int = 1
     device_count: int = 1  # over all processes
+    local_device_count: int = 1  # this process's
 
     @property
     def is_main(self) -> bool:
@@ -58,8 +59,10 @@ class Job:
         return self.device_count > 1
 
     def shard(self, array: np.ndarray) -> np.ndarray:
-        """This process's share: every ``process_count``-th item, from ``process_id``."""
-        return array[self.process_id :: self.process_count]
+        """This process's share: every ``process_count``-th item, from ``process_id``, cut to
+        a multiple of its devices (each batch, the last one too, is split evenly over them)."""
+        share = array[self.process_id :: self.process_count]
+        return share[: len(share) - len(share) % self.local_device_count]
 
     def per_process_batch(self, batch_size: int) -> int:
         if batch_size % self.device_count:
@@ -124,7 +127,33 @@ def join(
         # each process feeds its own shard: Keras must not shard the data again
         keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     )
-    return Job(jax.process_index(), jax.process_count(), len(devices))
+    return Job(jax.process_index(), jax.process_count(), len(devices), jax.local_device_count())
+
+
+def fit_callbacks(job: Job) -> list[keras.callbacks.Callback]:
+    """What ``fit`` needs besides digitlab's own callbacks in this job.
+
+    With more than one device in a process, Keras must finish each step before it queues the
+    next: by default it queues steps ahead (its callbacks run on a thread pool), and XLA:CPU's
+    in-process all-reduce then deadlocks, each device's thread waiting in another step's
+    rendezvous until XLA aborts the process (seen with two forced CPU devices and 40,000 or
+    more training images; jax 0.10). A callback with its own ``on_train_batch_end`` (and
+    ``on_test_batch_end``, for the validation steps) turns Keras' queueing off: each step's logs
+    are read, so awaited, before the next step starts.
+    """
+    if job.local_device_count < 2:
+        return []
+    import keras
+
+    class OneStepAtATime(keras.callbacks.Callback):
+        # their presence is the point: Keras awaits each step's logs for them
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+        def on_test_batch_end(self, batch, logs=None):
+            pass
+
+    return [OneStepAtATime()]
 
 
 def local_copy(model: keras.Model, build) -> keras.Model:

@@ -45,6 +45,23 @@ MAX_PIXELS = 25_000_000
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "AVIF")  # JPEG covers MPO
 
 
+# What a folder's images are called (other files in it are not read)
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".pgm",
+    ".ppm",
+    ".pbm",
+    ".avif",
+}
+
+
 class ImageError(DigitlabError):
     """An image that cannot be read: ``reason`` says why, ``source`` names it (a path,
     ``-`` for standard input, a form field), or is None when the caller names it."""

@@ -149,13 +149,15 @@ def augmented_batches(
     config: TrainConfig,
     input_shape: tuple[int, ...],
     non_digits: np.ndarray | None = None,
+    devices: int = 1,
 ) -> keras.utils.PyDataset:
     """Shuffled batches of freshly augmented digits, a new order and new transforms each epoch;
     the last ``config.plain_final_epochs`` epochs unaugmented. ``config.handwriting_share`` of
     the augmented digits also get another writer's pen, scan or slant.
 
     With ``non_digits``, each batch also holds ``config.non_digit_share`` of its size in
-    randomly chosen non-digits (augmented alike), labelled NUM_CLASSES: "not a digit".
+    randomly chosen non-digits (augmented alike), labelled NUM_CLASSES: "not a digit"; as many
+    as split evenly over this process's ``devices``.
 
     (N, 28, 28) uint8 -> batches of (batch_size (+ non-digits), *input_shape) float32 in [0, 1].
     """
@@ -163,6 +165,7 @@ def augmented_batches(
 
     augmented_epochs = config.epochs - plain_epochs(config)
     extra = round(config.batch_size * config.non_digit_share) if non_digits is not None else 0
+    extra -= extra % devices
 
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -445,7 +448,7 @@ def train(
     if config.augment:
         fit_arguments["x"] = augmented_batches(
             shard(x_train[:fit_count]), shard(y_train[:fit_count]), local_config, input_shape,
-            None if non_digits is None else shard(non_digits),
+            None if non_digits is None else shard(non_digits), job.local_device_count,
         )  # fmt: skip
     else:
         fit_arguments |= {
@@ -470,7 +473,9 @@ def train(
     started = time.perf_counter()
     try:
         history = model.fit(
-            callbacks=[timer, keep_best, *callbacks], verbose=verbose, **fit_arguments
+            callbacks=[timer, keep_best, *distributed.fit_callbacks(job), *callbacks],
+            verbose=verbose,
+            **fit_arguments,
         )
     except Exception as error:
         if job.process_count > 1 and "jax" in type(error).__module__.lower():
