@@ -218,6 +218,25 @@ def test_a_csv_without_a_header_lists_its_first_column(tmp_path):
     assert list_sources([str(tmp_path / "plain.csv")]) == ["a.png", "b.png"]
 
 
+def test_the_command_joins_a_running_cluster_or_says_it_cannot(cluster, images, tmp_path):
+    folder, truth = images
+    address = cluster.scheduler.address
+    before = set(cluster.scheduler_info()["workers"])
+    result = CliRunner().invoke(
+        cli, ["batch", str(folder / "a"), "-o", str(tmp_path / "out"), "--address", address]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"on 2 Dask worker(s) ({address})" in result.stderr
+    assert len(read_results(tmp_path / "out")) == 40
+    assert set(cluster.scheduler_info()["workers"]) == before  # the cluster is left running
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(
+        cli, ["batch", str(folder / "a"), "-o", str(tmp_path / "out2"), "--address", nowhere]
+    )
+    assert result.exit_code == 1 and f"cannot reach the Dask scheduler at {nowhere}" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_a_killed_worker_loses_and_duplicates_no_image(tmp_path, mnist_arrays):
     """kill -9 of a worker in the middle of a job: the job ends, every image once."""
