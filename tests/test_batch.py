@@ -233,7 +233,9 @@ def test_the_command_joins_a_running_cluster_or_says_it_cannot(cluster, images, 
     result = CliRunner().invoke(
         cli, ["batch", str(folder / "a"), "-o", str(tmp_path / "out2"), "--address", nowhere]
     )
-    assert result.exit_code == 1 and f"cannot reach the Dask scheduler at {nowhere}" in result.output
+    assert (
+        result.exit_code == 1 and f"cannot reach the Dask scheduler at {nowhere}" in result.output
+    )
     assert "Traceback" not in result.output
 
 
