@@ -48,7 +48,7 @@ run: data
 	$(BIN)/digitlab train
 
 test: $(VENV)/.dev system-packages data data-fashion
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # Everything but the tests that train on real MNIST or drive a browser.
 test-fast: $(VENV)/.dev
