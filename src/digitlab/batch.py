@@ -38,6 +38,7 @@ PLAN_FILE = "shards.json"
 FORMATS = ("parquet", "jsonl")
 URL_PREFIXES = ("http://", "https://")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # an image inside is named archive.tar/its/name.png
+TAR_ERRORS = (OSError, tarfile.TarError, EOFError)  # a damaged or cut archive
 LIST_COLUMNS = ("path", "url")  # the column of a .csv or .parquet list that names the images
 URL_TIMEOUT = 30  # seconds per try
 URL_TRIES = 3  # a download that fails for the network or a 5xx answer is tried again
@@ -94,7 +95,7 @@ def _archive_images(path: Path) -> list[str]:
     try:
         with tarfile.open(path) as archive:
             return [m.name for m in archive.getmembers() if m.isfile() and _is_image_name(m.name)]
-    except (OSError, tarfile.TarError, EOFError) as error:
+    except TAR_ERRORS as error:
         raise DigitlabError(f"{path}: not a readable tar archive ({error})") from None
 
 
@@ -146,8 +147,10 @@ class _Sources:
         """(name, source) for each name, in order; URLs downloaded ``DOWNLOADS`` at a time."""
         names = list(names)
         urls = [name for name in names if name.lower().startswith(URL_PREFIXES)]
-        with ThreadPoolExecutor(DOWNLOADS) as pool:
-            downloaded = dict(zip(urls, pool.map(self.get, urls), strict=True))
+        downloaded = {}
+        if urls:  # (files and archive members need no threads)
+            with ThreadPoolExecutor(DOWNLOADS) as pool:
+                downloaded = dict(zip(urls, pool.map(self.get, urls), strict=True))
         return [
             (name, downloaded[name] if name in downloaded else self.get(name)) for name in names
         ]
@@ -165,7 +168,7 @@ class _Sources:
         if archive_path not in self.archives:
             try:
                 self.archives[archive_path] = tarfile.open(archive_path)
-            except (OSError, tarfile.TarError, EOFError) as error:
+            except TAR_ERRORS as error:
                 raise ImageError(f"cannot open its archive ({error})") from None
         archive = self.archives[archive_path]
         try:
@@ -177,7 +180,7 @@ class _Sources:
             return archive.extractfile(info).read()
         except KeyError:
             raise ImageError("not in its archive") from None
-        except (OSError, tarfile.TarError, EOFError) as error:
+        except TAR_ERRORS as error:
             raise ImageError(f"cannot read it from its archive ({error})") from None
 
 
