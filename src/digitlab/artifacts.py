@@ -268,6 +268,12 @@ def latest_reader() -> Path | None:
     return resolve_run(link) if link.exists() else ready_run("number")
 
 
+def latest_digit_run() -> Path | None:
+    """The newest digit model in the runs folder (``runs/latest``), None if it has none."""
+    link = config.runs_dir() / LATEST
+    return resolve_run(None) if link.exists() or link.is_symlink() else None
+
+
 # Models shipped with digitlab, made by `make ready-models` (its own `digitlab train` with a
 # fixed seed): what answers when the runs folder has none of that kind, so that a user can
 # read digits right after installing. A run the user trained, or names, always comes first.

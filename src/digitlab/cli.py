@@ -701,6 +701,8 @@ def predict(
     if number and not as_json:  # (each JSON answer names its "reader")
         how = "with" if predictor.reads_numbers else "by blob segmentation with"
         _echo_error(f"reading numbers {how} {predictor.description}")
+        if predictor.checker is not None:
+            _echo_error(f"  each lone digit also read by {predictor.checker.description}")
         if not predictor.reads_numbers and reader is None:
             _echo_error("  (no number reader trained: `digitlab train --model reader` makes one)")
     elif predictor.ready_made:  # on standard error: the answers on standard output stay as they are
@@ -835,6 +837,8 @@ def serve(
         number_reader = Predictor.for_numbers(reader=reader)  # refuses a digit model's run
     elif reader is None and artifacts.latest_reader() is not None:
         number_reader = Predictor.from_run(artifacts.latest_reader())
+    if number_reader is not None and run_dir is not None:  # the digit model named checks it
+        number_reader.checker = Predictor.checker_for_reader(run=run_dir)
     limits = dataclasses.replace(
         SERVE_DEFAULTS,
         max_body_bytes=int(max_body_mb * 2**20),
@@ -852,7 +856,12 @@ def serve(
     gc.freeze()
     click.echo(
         f"serving {predictor.description} on http://{host}:{port}/; numbers read by "
-        + (number_reader.description if number_reader else "blob segmentation"),
+        + (number_reader.description if number_reader else "blob segmentation")
+        + (
+            f", each lone digit also read by {number_reader.checker.description}"
+            if number_reader and number_reader.checker
+            else ""
+        ),
         err=True,
     )
     try:

@@ -72,12 +72,19 @@ SEGMENTATION = "segmentation"
 SEGMENT = "segment"  # Predictor.for_numbers(reader=SEGMENT): blob segmentation, no reader
 
 
+# A blob group narrower than this times its height per digit holds one digit, whatever the
+# number reader read there: a second digit in it is the reader's stray (measured: the reader's
+# extra 1s at the edge of a narrow digit; two touching 1s are wider).
+ONE_DIGIT_WIDTH = 0.3
+
+
 @dataclass
 class NumberPrediction:
     text: str
     digits: list[Prediction] = field(default_factory=list)
     reader: str = SEGMENTATION
     strip: np.ndarray | None = None  # (28, 224) uint8: what the number reader saw
+    checked_by: str | None = None  # the digit model that checked the reader's digits
 
     @property
     def confidence(self) -> float:
@@ -91,6 +98,8 @@ class NumberPrediction:
             "reader": self.reader,
             "digits": [digit.to_dict(with_input) for digit in self.digits],
         }
+        if self.checked_by:
+            answer["checked_by"] = self.checked_by
         if with_input:  # what was read, so that a wrong reading of any length can be shown
             answer["input_png"] = png_base64(self.input)
         return answer
@@ -125,6 +134,9 @@ class Predictor:
         self.label_names = list(label_names)
         self.manifest = manifest or {}
         self.folder = folder  # the run folder it came from, if any
+        # A number reader's digit model: it reads each blob group that holds one digit, and
+        # the two readings are combined (``read_strips``). None: the reader alone.
+        self.checker: Predictor | None = None
 
     @property
     def reads_numbers(self) -> bool:
@@ -154,7 +166,31 @@ class Predictor:
             forward = runtime.NumpyModel.load(numpy_model, input_shape)
         else:
             forward = artifacts.load_run(folder).model.predict_on_batch
-        return cls(forward, input_shape, manifest["label_names"], manifest, folder)
+        predictor = cls(forward, input_shape, manifest["label_names"], manifest, folder)
+        if predictor.reads_numbers:
+            predictor.checker = cls.checker_for_reader(use_keras)
+        return predictor
+
+    @classmethod
+    def checker_for_reader(
+        cls, use_keras: bool = False, run: Path | None = None
+    ) -> Predictor | None:
+        """The digit model that checks a number reader: ``run``, else the newest digit run
+        if it has a "not a digit" output (a CNN, not the tutorial's MLP), else the ready-made
+        CNN; None if there is none."""
+        from digitlab import models
+
+        if run is None:
+            newest = artifacts.latest_digit_run()
+            kind = artifacts.read_manifest(newest).get("model") if newest else None
+            rejects = kind in models.MODELS and models.get(kind).rejects
+            run = newest if rejects else artifacts.ready_run("digit")
+            if run is None:  # no digit model at all: the reader reads alone
+                return None
+        checker = cls.from_run(run, use_keras)
+        if checker.reads_numbers:
+            raise DigitlabError(f"{checker.folder} is a number reader, not a digit model")
+        return checker
 
     @classmethod
     def for_numbers(
@@ -173,6 +209,8 @@ class Predictor:
                     f"{chosen.folder} is a {chosen.manifest.get('model')} (one digit per image), "
                     "not a number reader"
                 )
+            if run is not None:  # the digit model named checks the reader
+                chosen.checker = cls.checker_for_reader(use_keras, run)
             return chosen
         if run is not None:
             return cls.from_run(run, use_keras)
@@ -246,6 +284,10 @@ class Predictor:
             [np.asarray(self.forward(inputs[start : start + BATCH_SIZE]))
              for start in range(0, len(inputs), BATCH_SIZE)]
         )  # fmt: skip
+        checking = self.checker is not None and any(strip.digits for strip in strips)
+        if checking:
+            blob_digits = [digit.image for strip in strips for digit in strip.digits]
+            checked = iter(self.checker.predict_digits(np.stack(blob_digits)))
         answers = []
         for strip, digits in zip(strips, ctc_decode(outputs), strict=True):
             results = []
@@ -257,9 +299,65 @@ class Predictor:
                 )
                 result.x = strip.source_x(centre)
                 results.append(result)
+            if checking:
+                checks = [next(checked) for _ in strip.digits]
+                results = self._checked(strip, results, checks)
             text = "".join(result.label_name for result in results)
-            answers.append(NumberPrediction(text, results, NUMBER_READER, strip.image))
+            answers.append(
+                NumberPrediction(
+                    text,
+                    results,
+                    NUMBER_READER,
+                    strip.image,
+                    self.checker.description if checking else None,
+                )
+            )
         return answers
+
+    def _checked(
+        self, strip: preprocess.PreparedStrip, read: list[Prediction], checks: list[np.ndarray]
+    ) -> list[Prediction]:
+        """The reader's digits, checked by the digit model where the blobs allow it.
+
+        Each digit read goes to the blob group it lies in (else the nearest). A group with one
+        digit read is read by both models: their probabilities multiplied (measured on
+        `benchmarks/number_reading.py`'s numbers: the CNN reads a lone digit better than the
+        reader, the reader knows which groups hold several). A group too narrow for the digits
+        read there is one digit, the digit model's. Groups of touching digits keep the reader's
+        digits; a group the reader read nothing in stays unread.
+        """
+        groups = strip.digits
+        if not groups:
+            return read
+        tallest = max(digit.box[3] - digit.box[1] for digit in groups)
+
+        def distance(result: Prediction, group: preprocess.PreparedDigit) -> float:
+            left, right = group.box[0], group.box[2]
+            return (
+                0.0
+                if left <= result.x < right
+                else min(abs(result.x - left), abs(result.x - right)) + 1
+            )
+
+        in_group: list[list[Prediction]] = [[] for _ in groups]
+        for result in read:
+            nearest = min(range(len(groups)), key=lambda g: distance(result, groups[g]))
+            in_group[nearest].append(result)
+        results = []
+        for group, found, check in zip(groups, in_group, checks, strict=True):
+            width = (group.box[2] - group.box[0]) / max(tallest, 1)
+            one = len(found) == 1 or (len(found) > 1 and width < ONE_DIGIT_WIDTH * len(found))
+            if not one:
+                results.extend(found)
+                continue
+            combined = np.asarray(check, np.float64)
+            if len(found) == 1:
+                combined = combined * np.asarray(found[0].probabilities, np.float64)
+            combined = combined / max(float(combined.sum()), 1e-12)
+            result = self.result_for(group.image, combined)
+            result.x = group.centre_x
+            results.append(result)
+        return results
 
     def predict_many(
         self,

@@ -14,7 +14,7 @@ import io
 import os
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,9 @@ class PreparedStrip:
     ink_width: int  # strip columns the number's ink fills, from STRIP_MARGIN on
     ink_left: float = 0.0  # where the number's ink starts and ends in the source image (px)
     ink_right: float = 0.0
+    # The same ink cut into blob groups (``prepare_number``'s digits), for a digit model to
+    # check the reader's reading of each group that holds one digit
+    digits: list[PreparedDigit] = field(default_factory=list)
 
     def source_x(self, strip_x: float) -> float:
         """A column of the strip -> the x-coordinate in the source image it came from."""
@@ -570,11 +573,14 @@ def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
     ]
 
 
-def _digits_of_number(source) -> list[PreparedDigit]:
-    soft, blobs, factor = _clean(source)
+def _blob_digits(soft: np.ndarray, blobs: np.ndarray, factor: float) -> list[PreparedDigit]:
     return [
         _finish(soft, rows, columns, factor, only) for rows, columns, only in _group_blobs(blobs)
     ]
+
+
+def _digits_of_number(source) -> list[PreparedDigit]:
+    return _blob_digits(*_clean(source))
 
 
 def prepare_number(source) -> list[PreparedDigit]:
@@ -605,11 +611,18 @@ def _strip_of_number(source) -> PreparedStrip:
     ink = soft * (blobs > 0)
     columns = np.flatnonzero(ink.max(axis=0) > 0.05)
     image, ink_width = fit_strip(ink)
-    return PreparedStrip(image, ink_width, columns[0] * factor, (columns[-1] + 1) * factor)
+    return PreparedStrip(
+        image,
+        ink_width,
+        columns[0] * factor,
+        (columns[-1] + 1) * factor,
+        _blob_digits(soft, blobs, factor),
+    )
 
 
 def prepare_strip(source) -> PreparedStrip:
-    """A written number, whole, as the number reader reads it (``fit_strip``)."""
+    """A written number, whole, as the number reader reads it (``fit_strip``), plus its blob
+    groups prepared as digits."""
     return _guarded(_strip_of_number, source)
 
 

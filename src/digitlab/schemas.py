@@ -53,6 +53,11 @@ class NumberAnswer(BaseModel):
         description="what read it: the number reader (a model of whole numbers), or "
         "segmentation (cut into ink blobs, each read by the digit model)"
     )
+    checked_by: str | None = Field(
+        None,
+        description="with the number reader: the digit model that also read each lone digit "
+        "(each such digit's probabilities are both models' combined)",
+    )
     digits: list[DigitAnswer]
     input_png: str | None = Field(
         None, description="what was read: the number reader's strip, or the digits side by side"

@@ -326,6 +326,7 @@ def _reader_summary(reader: Predictor | None) -> dict:
         "created": reader.manifest.get("created"),
         "description": reader.description,
         "ready_made": reader.ready_made,
+        "checked_by": reader.checker.description if reader.checker else None,
     }
 
 

@@ -203,7 +203,8 @@ function showDigits(answer) {
   });
   document.getElementById("number-digits").replaceChildren(...items);
   document.getElementById("reader").textContent = answer.text === undefined ? "" :
-    answer.reader === "number reader" ? "read whole by the number reader" :
+    answer.reader === "number reader" ? "read whole by the number reader" +
+      (answer.checked_by ? "; each lone digit also read by the digit model" : "") :
       "read digit by digit (cut into ink blobs; no number reader on the server)";
 }
 
