@@ -122,7 +122,12 @@ def test_checking_reads_more_real_numbers_exactly(mnist_arrays):
     ]
     reader = Predictor.from_run(artifacts.ready_run("number"))
     assert reader.checker is not None
-    checked = np.mean([reader.predict_number(s).text == t for s, t in zip(scans, texts)])
+
+    def exact() -> float:
+        read = [reader.predict_number(image).text for image in scans]
+        return float(np.mean([r == t for r, t in zip(read, texts, strict=True)]))
+
+    checked = exact()
     reader.checker = None
-    alone = np.mean([reader.predict_number(s).text == t for s, t in zip(scans, texts)])
+    alone = exact()
     assert checked >= 0.93 and checked >= alone + 0.015, (checked, alone)
