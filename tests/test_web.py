@@ -377,7 +377,8 @@ def test_write_a_number_in_chromium(mnist_run, reader_run, browser, tmp_path):
         page.wait_for_function(
             "document.getElementById('label').textContent === '17'", timeout=10_000
         )
-        assert "number reader" in page.locator("#reader").text_content()
+        said = page.locator("#reader").text_content()
+        assert "number reader" in said and "each lone digit also read by the digit model" in said
         assert page.locator("#number-digits li").count() == 2
         seen = page.locator("#seen")
         assert seen.evaluate("img => img.complete && img.naturalWidth === 224")
@@ -390,7 +391,9 @@ def test_write_a_number_in_chromium(mnist_run, reader_run, browser, tmp_path):
         pad = page.locator("#pad").bounding_box()
         assert pad["width"] == pytest.approx(pad["height"], rel=0.02)
         assert page.locator("#label").text_content() == "\u2013"
-    assert f"numbers read by the reader of {reader_run}" in log.read_text()
+    started = log.read_text()
+    assert f"numbers read by the reader of {reader_run}" in started
+    assert f"each lone digit also read by the mlp of {mnist_run}" in started  # the --run given
 
 
 def test_explain_adds_a_map_of_what_the_answer_rests_on(client, mnist_test):

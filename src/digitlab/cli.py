@@ -655,7 +655,8 @@ def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
     "reader",
     metavar="RUN|segment",
     help="With --number: the number reader run to use, or 'segment' for blob segmentation "
-    "with the digit model.",
+    "with the digit model. With --run too, that digit model checks the reader's lone digits "
+    "[default checker: the newest CNN run, else the ready-made CNN].",
 )
 @click.option(
     "--show-input",
@@ -799,7 +800,8 @@ SERVE_DEFAULTS = ServeConfig()
     "reader",
     metavar="RUN|segment",
     help="The number reader for the page's number mode and ?number=true [default: the newest, "
-    "runs/latest-reader; without one, or with 'segment': blob segmentation].",
+    "runs/latest-reader; without one, or with 'segment': blob segmentation]. A --run given "
+    "checks its lone digits [default: the newest CNN run, else the ready-made CNN].",
 )
 def serve(
     run_dir: Path | None,
