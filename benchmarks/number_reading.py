@@ -7,8 +7,9 @@ gap kinds in equal shares: "apart" (4-10 px at MNIST scale), "close" (1-3 px) an
 3x) and as a photo (``synthetic.photograph``: a random size on a larger canvas, uneven light,
 noise, blur, tint, JPEG 40-90). A third set is numbers typed in handwriting fonts (Debian's
 fonts-* packages), photographed the same way. Every image goes through ``predict_number`` (the
-same path as `digitlab predict --number`): once with the number reader, once with blob
-segmentation and the digit model. Reports exact-number and per-digit accuracy by condition,
+same path as `digitlab predict --number`): with the number reader checked by the digit model
+(as `predict --number` reads), with the reader alone, and with blob segmentation and the digit
+model. Reports exact-number and per-digit accuracy by condition,
 length and gap kind, and the time to read one 6-digit number warm.
 
 (The issue asked for ``benchmarks/numbers.py``: a script of that name in this folder would
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from _common import write_result
-from digitlab import datasets, evaluation, synthetic
+from digitlab import artifacts, datasets, evaluation, synthetic
 from digitlab.predict import SEGMENT, Predictor
 
 GAP_KINDS = ("apart", "close", "touching")
@@ -101,7 +102,9 @@ def warm_ms(predictor: Predictor, image, repeats: int = 50) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reader", type=Path, default=None, help="default: runs/latest-reader")
-    parser.add_argument("--digits", type=Path, default=None, help="default: runs/latest")
+    parser.add_argument(
+        "--digits", type=Path, default=None, help="the digit model (default: runs/latest)"
+    )
     parser.add_argument("--count", type=int, default=600, help="composed numbers")
     parser.add_argument("--fonts", type=int, default=48, help="numbers typed in fonts")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,12 +112,17 @@ def main() -> None:
     rng = np.random.default_rng(arguments.seed)
     _, (images, labels) = datasets.load_data("mnist", report=lambda line: None)
     pools = synthetic.digit_pools(labels)
+    reader = arguments.reader or artifacts.latest_reader()
+    if reader is None:
+        raise SystemExit("no number reader: train one (digitlab train --model reader)")
+    checked = Predictor.for_numbers(arguments.digits, reader=reader)
+    alone = Predictor.for_numbers(reader=reader)
+    alone.checker = None
     readers = {
-        "number_reader": Predictor.for_numbers(reader=arguments.reader),
+        "number_reader": checked,  # as `predict --number` reads: checked by the digit model
+        "number_reader_alone": alone,
         "segmentation": Predictor.for_numbers(arguments.digits, reader=SEGMENT),
     }
-    if not readers["number_reader"].reads_numbers:
-        raise SystemExit("no number reader: train one (digitlab train --model reader)")
 
     cases = []  # (condition, text, gap kind, image)
     for index in range(arguments.count):
@@ -151,6 +159,7 @@ def main() -> None:
         results[name] = {
             "model": predictor.manifest.get("model"),
             "run": str(predictor.folder),
+            "checked_by": str(predictor.checker.folder) if predictor.checker else None,
             "conditions": by_condition,
             "six_digit_number_warm_ms": warm_ms(predictor, six),
             "some_mistakes": [
