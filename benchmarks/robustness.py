@@ -32,17 +32,8 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from _common import write_result
-from digitlab import augment, datasets
+from digitlab import augment, datasets, synthetic
 from digitlab.predict import Predictor
-
-SCAN_SIDE = 112  # px: each digit is scanned at 4x MNIST's size
-
-
-def scanned(digit: np.ndarray) -> np.ndarray:
-    """A (28, 28) float digit in [0, 1] -> dark ink on white at SCAN_SIDE px, uint8."""
-    ink = Image.fromarray(np.clip(digit, 0, 1).astype(np.float32), "F")
-    ink = np.asarray(ink.resize((SCAN_SIDE, SCAN_SIDE), Image.Resampling.BICUBIC))
-    return (255 - np.clip(ink, 0, 1) * 255).astype(np.uint8)
 
 
 def handwriting_conditions(predictor: Predictor, images, labels, seed: int) -> dict:
@@ -51,7 +42,7 @@ def handwriting_conditions(predictor: Predictor, images, labels, seed: int) -> d
     conditions = {"clean_scan": lambda image, rng: image, **augment.HANDWRITING_CONDITIONS}
     results = {}
     for name, condition in conditions.items():
-        scans = [scanned(condition(d.astype(np.float32) / 255, rng)) for d in images]
+        scans = [synthetic.scanned(condition(d.astype(np.float32) / 255, rng)) for d in images]
         answers = [a for _, a in predictor.predict_many(list(enumerate(scans)))]
         read = np.array([getattr(a, "label", -1) for a in answers])
         results[name] = round(float(np.mean(read == labels)), 4)

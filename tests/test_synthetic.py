@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from conftest import make_digits
 from digitlab import evaluation, models, preprocess, synthetic
@@ -120,3 +121,22 @@ def test_non_digits_are_prepared_like_a_persons_images():
     assert made.dtype == np.uint8 and made.shape[1:] == (IMAGE_SIDE, IMAGE_SIDE)
     assert 40 <= len(made) <= 64  # some noise has no ink left once preprocessed
     assert not set(synthetic.GLYPHS) & set(synthetic.DIGIT_LIKE)
+
+
+def test_hollow_digits_read_back_are_outlines_prepared_like_a_persons_images():
+    """A digit model's extra training digits: outlined strokes, scanned, prepared to 28x28."""
+    images, _ = make_digits(300, seed=4)
+    one, kept_one = synthetic.hollow_digits_read_back(images, seed=1, workers=1)
+    two, kept_two = synthetic.hollow_digits_read_back(images, seed=1, workers=2)
+    assert np.array_equal(one, two) and np.array_equal(kept_one, kept_two)  # any workers
+    assert one.dtype == np.uint8 and one.shape == (len(kept_one), IMAGE_SIDE, IMAGE_SIDE)
+    assert len(kept_one) >= 290 and list(kept_one) == sorted(set(kept_one))
+    # each is the digit it came from: its ink lies along the digit's own strokes
+    for hollow, index in zip(one[:50], kept_one[:50], strict=True):
+        original = preprocess.prepare_image(synthetic.scanned(images[index] / 255))
+        near = ndimage.binary_dilation(original > 64, iterations=2)
+        assert (near & (hollow > 64)).sum() > 0.8 * (hollow > 64).sum()
+    # and outlined: hollow strokes leave ink-free holes where the digit's stroke was solid
+    solid = np.mean([(d > 128).mean() for d in (
+        preprocess.prepare_image(synthetic.scanned(images[i] / 255)) for i in kept_one[:50])])
+    assert np.mean([(d > 128).mean() for d in one[:50]]) < solid

@@ -49,12 +49,18 @@ class TrainConfig:
     # With augment: the share of digits given another writer's pen, scan or slant
     # (augment.HANDWRITING_CONDITIONS), one condition each.
     handwriting_share: float = 0.0
+    # With augment: this many more digits, as a share of the training digits, written with
+    # hollow (outlined) strokes and read back through preprocessing as a user's image is.
+    hollow_share: float = 0.0
     # A model with a "not a digit" output: non-digits added to each batch, per digit.
     non_digit_share: float = 0.0
     # The number reader only: how many numbers it composes to train on (each 1-10 digits), and
     # the share of them photographed and read back as a person's photo would be.
     numbers: int = 40_000
     photo_share: float = 0.15
+    # and the share of the gaps between their digits that touch or overlap (the rest apart or
+    # close, as synthetic.HANDWRITING splits them; its own share is 0.3)
+    touching_share: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ noise, blur, a tint and JPEG artefacts, as ``benchmarks/robustness.py`` does for
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,16 @@ class Handwriting:
     slant: float = 0.25  # shear of the whole number, either way (0.25: about 14 degrees)
     thin_share: float = 0.15  # numbers written with a thinner pen than MNIST's
     thick_share: float = 0.15  # and with a thicker one
+
+    def with_touching(self, share: float) -> Handwriting:
+        """The same style with ``share`` of the gaps touching, the other kinds scaled to the
+        rest in their own proportions."""
+        touching = next(gap for gap in self.gaps if gap[0] == "touching")
+        others = [gap for gap in self.gaps if gap[0] != "touching"]
+        total = sum(gap[1] for gap in others)
+        scaled = tuple((name, (1 - share) * part / total, low, high)
+                       for name, part, low, high in others)  # fmt: skip
+        return dataclasses.replace(self, gaps=(*scaled, ("touching", share, *touching[2:])))
 
 
 HANDWRITING = Handwriting()
@@ -223,17 +234,17 @@ def _share_source(images: np.ndarray, labels: np.ndarray) -> None:
     _SOURCE = (images, digit_pools(labels))
 
 
-def _numbers_chunk(task: tuple[int, np.random.SeedSequence, int, float, int]) -> tuple:
+def _numbers_chunk(task: tuple) -> tuple:
     from digitlab import preprocess
 
-    count, seed, max_length, photo_share, min_length = task
+    count, seed, max_length, photo_share, min_length, style = task
     images, pools = _SOURCE
     rng = np.random.default_rng(seed)
     strips = np.zeros((count, IMAGE_SIDE, STRIP_WIDTH), np.uint8)
     texts, photographed = [], np.zeros(count, bool)
     for index in range(count):
-        text = random_text(int(rng.integers(min_length, max_length + 1)), rng)
-        ink = compose(text, images, pools, rng)
+        text = random_text(int(rng.integers(min_length, max_length + 1)), rng, style)
+        ink = compose(text, images, pools, rng, style)
         if rng.random() < photo_share:
             try:  # small photos: cheaper to make, and the hardest to read
                 photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
@@ -267,16 +278,18 @@ def make_numbers(
     photo_share: float = 0.0,
     min_length: int = 1,
     workers: int | None = None,
+    style: Handwriting = HANDWRITING,
 ) -> Numbers:
-    """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``,
-    ``photo_share`` of them photographed and read back as a person's photo would be.
+    """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``
+    in ``style``, ``photo_share`` of them photographed and read back as a person's photo would
+    be.
 
     Spread over one process per core (a number takes ~4 ms, ~20 ms photographed); the same
     ``seed`` gives the same numbers whatever the number of workers.
     """
     seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
     tasks = [
-        (min(CHUNK, count - start), chunk_seed, max_length, photo_share, min_length)
+        (min(CHUNK, count - start), chunk_seed, max_length, photo_share, min_length, style)
         for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)
     ]
     parts = _in_workers(_numbers_chunk, tasks, workers, _share_source, (images, labels))
@@ -436,3 +449,42 @@ def photographed_digits(digits: np.ndarray, seed: int, workers: int | None = Non
              for start, chunk_seed in zip(range(0, len(digits), CHUNK), seeds, strict=True)]  # fmt: skip
     kept = [image for part in _in_workers(_photographed_chunk, tasks, workers) for image in part]
     return np.stack(kept) if kept else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+
+
+SCAN_SIDE = 112  # px: a digit drawn 4x MNIST's size, as robustness.py scans its conditions
+
+
+def scanned(digit: np.ndarray, side: int = SCAN_SIDE) -> np.ndarray:
+    """A (28, 28) float digit in [0, 1] -> dark ink on white paper at ``side`` px, uint8."""
+    ink = Image.fromarray(np.clip(digit, 0, 1).astype(np.float32), "F")
+    ink = np.asarray(ink.resize((side, side), Image.Resampling.BICUBIC))
+    return (255 - np.clip(ink, 0, 1) * 255).astype(np.uint8)
+
+
+def _hollow_chunk(task: tuple[np.ndarray, np.random.SeedSequence]) -> list:
+    from digitlab import augment, preprocess
+
+    digits, seed = task
+    rng = np.random.default_rng(seed)
+    return [
+        preprocess._prepare_or_error(
+            scanned(augment.hollow_strokes(digit.astype(np.float32) / 255, rng))
+        )
+        for digit in digits
+    ]
+
+
+def hollow_digits_read_back(
+    digits: np.ndarray, seed: int, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST digits written with hollow (outlined) strokes, scanned and prepared back to 28x28
+    as a user's image of them would be: what a digit model gets from a bubble font or a traced
+    digit. (N, 28, 28) uint8 -> ((M <= N, 28, 28) uint8, the indices of the digits kept)."""
+    seeds = np.random.SeedSequence(seed).spawn(-(-len(digits) // CHUNK))
+    tasks = [(digits[start : start + CHUNK], chunk_seed)
+             for start, chunk_seed in zip(range(0, len(digits), CHUNK), seeds, strict=True)]  # fmt: skip
+    prepared = [item for part in _in_workers(_hollow_chunk, tasks, workers) for item in part]
+    kept = [index for index, item in enumerate(prepared) if isinstance(item, np.ndarray)]
+    if not kept:
+        return np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8), np.zeros(0, int)
+    return np.stack([prepared[index] for index in kept]), np.array(kept)

@@ -266,9 +266,10 @@ def train_reader(
     )
 
     started = time.perf_counter()
+    style = synthetic.HANDWRITING.with_touching(config.touching_share)
     training = synthetic.make_numbers(
         x_train[:fit_count], y_train[:fit_count], config.numbers, config.seed,
-        READER_MAX_LENGTH, config.photo_share,
+        READER_MAX_LENGTH, config.photo_share, style=style,
     )  # fmt: skip
     validation = (
         synthetic.make_numbers(
@@ -278,6 +279,7 @@ def train_reader(
             config.seed + 1,
             READER_MAX_LENGTH,
             config.photo_share,
+            style=style,
         )  # fmt: skip
         if held_out
         else None
@@ -285,8 +287,8 @@ def train_reader(
     test = synthetic.test_numbers(x_test, y_test)
     report(
         f"[3/6] composed {len(training.texts):,} training numbers of 1-{READER_MAX_LENGTH} "
-        f"digits from {fit_count:,} training digits ({training.photographed.mean():.0%} "
-        f"photographed and read back), "
+        f"digits from {fit_count:,} training digits ({config.touching_share:.0%} of their gaps "
+        f"touching, {training.photographed.mean():.0%} photographed and read back), "
         + (f"{len(validation.texts):,} validation numbers from the {held_out:,} held-out digits, "
            if validation else "")
         + f"{len(test.texts):,} test numbers of 1-8 digits from the test digits, in "
@@ -408,7 +410,10 @@ def train(
     keras.utils.set_random_seed(config.seed)
     held_out = _validation_count(config, len(x_train))
     fit_count = len(x_train) - held_out
-    steps_per_epoch = -(-fit_count // config.batch_size)
+    fit_images, fit_labels = x_train[:fit_count], y_train[:fit_count]
+    if config.augment and config.hollow_share:
+        fit_images, fit_labels = _with_hollow_digits(fit_images, fit_labels, config, report)
+    steps_per_epoch = -(-len(fit_images) // config.batch_size)
 
     model = models.build(config.model)
     models.compile_model(
@@ -447,7 +452,7 @@ def train(
         fit_arguments["validation_batch_size"] = local_config.batch_size
     if config.augment:
         fit_arguments["x"] = augmented_batches(
-            shard(x_train[:fit_count]), shard(y_train[:fit_count]), local_config, input_shape,
+            shard(fit_images), shard(fit_labels), local_config, input_shape,
             None if non_digits is None else shard(non_digits), job.local_device_count,
         )  # fmt: skip
     else:
@@ -592,6 +597,27 @@ def _non_digits(config: TrainConfig, fit_count: int, held_out: int, report: Repo
     return trained, validated
 
 
+def _with_hollow_digits(
+    images: np.ndarray, labels: np.ndarray, config: TrainConfig, report: Report
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training digits plus ``config.hollow_share`` more: some of them again, written with
+    hollow strokes and read back through preprocessing (``synthetic.hollow_digits_read_back``),
+    made once before training, over processes (in the batches, one thread would take minutes
+    per epoch)."""
+    from digitlab import synthetic
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    chosen = rng.choice(len(images), round(config.hollow_share * len(images)), replace=False)
+    hollow, kept = synthetic.hollow_digits_read_back(images[chosen], config.seed)
+    report(
+        f"      wrote {len(hollow):,} training digits with hollow strokes and read them back "
+        f"through preprocessing, as more digits to train on, in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    return np.concatenate([images, hollow]), np.concatenate([labels, labels[chosen[kept]]])
+
+
 def _with_non_digits(inputs, labels, non_digits: np.ndarray, input_shape) -> tuple:
     return (
         np.concatenate([inputs, models.prepare(non_digits, input_shape)]),
@@ -632,6 +658,8 @@ def _describe_augmentation(config: TrainConfig) -> str:
             f", {config.handwriting_share:.0%} of its digits as other writers, pens and scanners "
             "would give them"
         )
+    if config.hollow_share:
+        described += f", {config.hollow_share:.0%} more digits with hollow strokes read back"
     if plain == 0:
         return described
     return f"{described} (the last {plain} epoch{'s' if plain > 1 else ''}: the digits as they are)"
