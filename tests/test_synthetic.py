@@ -137,6 +137,28 @@ def test_hollow_digits_read_back_are_outlines_prepared_like_a_persons_images():
         near = ndimage.binary_dilation(original > 64, iterations=2)
         assert (near & (hollow > 64)).sum() > 0.8 * (hollow > 64).sum()
     # and outlined: hollow strokes leave ink-free holes where the digit's stroke was solid
-    solid = np.mean([(d > 128).mean() for d in (
-        preprocess.prepare_image(synthetic.scanned(images[i] / 255)) for i in kept_one[:50])])
+    solid = np.mean(
+        [
+            (d > 128).mean()
+            for d in (
+                preprocess.prepare_image(synthetic.scanned(images[i] / 255)) for i in kept_one[:50]
+            )
+        ]
+    )
     assert np.mean([(d > 128).mean() for d in one[:50]]) < solid
+
+
+def test_a_style_with_more_touching_gaps_keeps_the_others_proportions(digits):
+    style = synthetic.HANDWRITING.with_touching(0.45)
+    shares = {name: share for name, share, _, _ in style.gaps}
+    assert shares == pytest.approx({"apart": 0.275, "close": 0.275, "touching": 0.45})
+    assert [gap[2:] for gap in style.gaps] == [gap[2:] for gap in synthetic.HANDWRITING.gaps]
+    # all touching: every neighbour overlaps or touches, so a number is narrower than apart
+    images, pools = digits
+    touching = synthetic.HANDWRITING.with_touching(1.0)
+    widths = [
+        ink_columns(synthetic.compose("4096", images, pools, np.random.default_rng(seed), s))
+        for seed in range(20)
+        for s in (touching, synthetic.HANDWRITING.with_touching(0.0))
+    ]
+    assert np.mean(widths[0::2]) < np.mean(widths[1::2]) - 6
