@@ -72,12 +72,6 @@ SEGMENTATION = "segmentation"
 SEGMENT = "segment"  # Predictor.for_numbers(reader=SEGMENT): blob segmentation, no reader
 
 
-# A blob group narrower than this times its height per digit holds one digit, whatever the
-# number reader read there: a second digit in it is the reader's stray (measured: the reader's
-# extra 1s at the edge of a narrow digit; two touching 1s are wider).
-ONE_DIGIT_WIDTH = 0.3
-
-
 @dataclass
 class NumberPrediction:
     text: str
@@ -322,14 +316,13 @@ class Predictor:
         Each digit read goes to the blob group it lies in (else the nearest). A group with one
         digit read is read by both models: their probabilities multiplied (measured on
         `benchmarks/number_reading.py`'s numbers: the CNN reads a lone digit better than the
-        reader, the reader knows which groups hold several). A group too narrow for the digits
-        read there is one digit, the digit model's. Groups of touching digits keep the reader's
-        digits; a group the reader read nothing in stays unread.
+        reader, the reader knows which groups hold several). Groups of touching digits keep
+        the reader's digits (a narrow 1 against its neighbour included); a group the reader
+        read nothing in stays unread.
         """
         groups = strip.digits
         if not groups:
             return read
-        tallest = max(digit.box[3] - digit.box[1] for digit in groups)
 
         def distance(result: Prediction, group: preprocess.PreparedDigit) -> float:
             left, right = group.box[0], group.box[2]
@@ -345,14 +338,10 @@ class Predictor:
             in_group[nearest].append(result)
         results = []
         for group, found, check in zip(groups, in_group, checks, strict=True):
-            width = (group.box[2] - group.box[0]) / max(tallest, 1)
-            one = len(found) == 1 or (len(found) > 1 and width < ONE_DIGIT_WIDTH * len(found))
-            if not one:
+            if len(found) != 1:
                 results.extend(found)
                 continue
-            combined = np.asarray(check, np.float64)
-            if len(found) == 1:
-                combined = combined * np.asarray(found[0].probabilities, np.float64)
+            combined = np.asarray(check, np.float64) * np.asarray(found[0].probabilities)
             combined = combined / max(float(combined.sum()), 1e-12)
             result = self.result_for(group.image, combined)
             result.x = group.centre_x
