@@ -606,7 +606,7 @@ def fit_strip(ink: np.ndarray) -> tuple[np.ndarray, int]:
     return np.round(strip * 255).astype(np.uint8), fitted.shape[1]
 
 
-def _strip_of_number(source) -> PreparedStrip:
+def _strip_of_number(source, with_digits: bool = True) -> PreparedStrip:
     soft, blobs, factor = _clean(source)
     ink = soft * (blobs > 0)
     columns = np.flatnonzero(ink.max(axis=0) > 0.05)
@@ -616,14 +616,15 @@ def _strip_of_number(source) -> PreparedStrip:
         ink_width,
         columns[0] * factor,
         (columns[-1] + 1) * factor,
-        _blob_digits(soft, blobs, factor),
+        _blob_digits(soft, blobs, factor) if with_digits else [],
     )
 
 
-def prepare_strip(source) -> PreparedStrip:
-    """A written number, whole, as the number reader reads it (``fit_strip``), plus its blob
-    groups prepared as digits."""
-    return _guarded(_strip_of_number, source)
+def prepare_strip(source, with_digits: bool = True) -> PreparedStrip:
+    """A written number, whole, as the number reader reads it (``fit_strip``), plus (unless
+    ``with_digits`` is False: training numbers need only the strip) its blob groups prepared
+    as digits."""
+    return _guarded(functools.partial(_strip_of_number, with_digits=with_digits), source)
 
 
 PREPARERS = {"digit": prepare_image, "number": prepare_number, "strip": prepare_strip}
