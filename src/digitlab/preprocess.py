@@ -498,7 +498,8 @@ def _clean(source) -> tuple[np.ndarray, np.ndarray, float]:
 def _finish(
     soft: np.ndarray, rows: slice, columns: slice, factor: float, only: np.ndarray | None = None
 ) -> PreparedDigit:
-    digit = soft[rows, columns] * (1 if only is None else only[rows, columns])
+    """The digit in ``soft[rows, columns]`` (only its ``only`` pixels, a mask of that box)."""
+    digit = soft[rows, columns] * (1 if only is None else only)
     image = centre_by_mass(match_stroke(_crop_to_ink(digit)))
     box = (columns.start, rows.start, columns.stop, rows.stop)
     return PreparedDigit(image, tuple(round(side * factor) for side in box))
@@ -538,7 +539,8 @@ MAX_DIGIT_WIDTH = 1.1
 
 
 def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
-    """Ink blobs -> digits, left to right.
+    """Ink blobs -> digits, left to right: each one's rows, columns, and which pixels of that
+    box are its own.
 
     A blob mostly above or below another joins it (the bar of a 5); so do blobs nearly touching
     side by side when together they are no wider than a digit (an open 4 written in two strokes).
@@ -567,10 +569,13 @@ def _group_blobs(blobs: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
                 last[4].append(index + 1)
                 continue
         groups.append([columns.start, columns.stop, rows.start, rows.stop, [index + 1]])
-    return [
-        (slice(top, bottom), slice(left, right), np.isin(blobs, ids))
-        for left, right, top, bottom, ids in groups
-    ]
+    result = []
+    for left, right, top, bottom, ids in groups:
+        rows, columns = slice(top, bottom), slice(left, right)
+        member = np.zeros(len(boxes) + 1, bool)  # a lookup table: np.isin costs ~0.2 ms a call
+        member[ids] = True
+        result.append((rows, columns, member[blobs[rows, columns]]))
+    return result
 
 
 def _blob_digits(soft: np.ndarray, blobs: np.ndarray, factor: float) -> list[PreparedDigit]:

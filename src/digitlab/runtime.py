@@ -150,8 +150,10 @@ def _describe_conv(layer, config: dict) -> dict | None:
 
 @layer_kind("Conv2D", "Conv2D")(_describe_conv)
 def _conv(x, spec, weights):
-    x = _conv2d(x, weights[0], spec["strides"], spec["padding"])
-    return ACTIVATIONS[spec["activation"]](x + (weights[1] if len(weights) > 1 else 0))
+    x = _conv2d(x, weights[0], spec["strides"], spec["padding"])  # a new array: add in place
+    if len(weights) > 1:
+        x += weights[1]
+    return ACTIVATIONS[spec["activation"]](x)
 
 
 def _describe_batch_norm(layer, config: dict) -> dict | None:
@@ -166,7 +168,8 @@ def _batch_norm(x, spec, weights):
     gamma = weights.pop(0) if spec["scale"] else 1.0
     beta = weights.pop(0) if spec["center"] else 0.0
     mean, variance = weights
-    return (x - mean) / np.sqrt(variance + spec["epsilon"]) * gamma + beta
+    scale = gamma / np.sqrt(variance + spec["epsilon"])  # per channel: two passes over x, not four
+    return x * scale + (beta - mean * scale)
 
 
 def _describe_pooling(layer, config: dict) -> dict | None:
