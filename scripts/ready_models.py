@@ -7,7 +7,7 @@ same seed gives the same weights; another CPU's float rounding can move a few te
 ``install`` copies rebuilt models into src/digitlab/ready/ (``make ready-models-install``).
 
     python scripts/ready_models.py check build/ready-runs
-    python scripts/ready_models.py install build/ready-runs
+    python scripts/ready_models.py install build/ready-runs [cnn|reader]  (default: both)
 """
 
 from __future__ import annotations
@@ -65,11 +65,25 @@ def _without_optimizer(path: Path) -> None:
     keras.saving.load_model(path, compile=False).save(path)
 
 
-def install(runs: Path) -> None:
+def _flags(kind: str, manifest: dict) -> str:
+    """The ``digitlab train`` options that made this run, beyond its kind's defaults."""
+    from digitlab import models
+
+    defaults = models.get(kind).config(seed=manifest["seed"]).to_dict()
+    return "".join(
+        f" --{key.replace('_', '-')} {value}"
+        for key, value in manifest["config"].items()
+        if key != "seed" and defaults.get(key) != value
+    )
+
+
+def install(runs: Path, kinds: list[str]) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     for kind, link in KINDS.items():
+        if kind not in kinds:
+            continue
         source, target = (runs / link).resolve(), SHIPPED / kind
         target.mkdir(parents=True, exist_ok=True)
         for name in FILES:
@@ -77,8 +91,8 @@ def install(runs: Path) -> None:
         _without_optimizer(target / "model.keras")
         manifest = _manifest(target)
         manifest["ready_made"] = {
-            "made_with": f"digitlab train --model {kind} --seed {manifest['seed']} "
-            "(make ready-models)",
+            "made_with": f"digitlab train --model {kind} --seed {manifest['seed']}"
+            f"{_flags(kind, manifest)} (make ready-models)",
             "run": source.name,
             "digitlab_commit": commit,
             "machine": f"{platform.machine()}, {_cpu()}",
@@ -88,8 +102,8 @@ def install(runs: Path) -> None:
 
 
 if __name__ == "__main__":
-    command, runs = sys.argv[1], Path(sys.argv[2])
+    command, runs, kinds = sys.argv[1], Path(sys.argv[2]), sys.argv[3:] or list(KINDS)
     if command == "install":
-        install(runs)
+        install(runs, kinds)
     elif not check(runs):
         sys.exit("the rebuilt models do not match the shipped ones (above)")

@@ -52,3 +52,12 @@ def test_the_check_fails_when_they_differ(ready_models, tmp_path, capsys, change
     path.write_text(json.dumps(manifest))
     assert not ready_models.check(runs)
     assert reported in capsys.readouterr().out
+
+
+def test_the_installed_command_names_the_options_beyond_the_defaults(ready_models):
+    from digitlab import models
+
+    config = models.get("reader").config(seed=0).to_dict()
+    assert ready_models._flags("reader", {"seed": 0, "config": config}) == ""
+    config["numbers"] = 120_000
+    assert ready_models._flags("reader", {"seed": 0, "config": config}) == " --numbers 120000"
