@@ -82,32 +82,6 @@ def test_make_numbers_is_the_same_for_any_number_of_workers(digits):
     assert [int(v) - 1 for v in targets[0] if v] == [int(c) for c in one.texts[0]]
 
 
-def test_numbers_photographed_or_hollow_are_read_back_in_their_shares(digits):
-    images, labels = make_digits(200, seed=3)
-    made = [
-        synthetic.make_numbers(
-            images, labels, 300, seed=6, max_length=4, photo_share=0.2, hollow_share=0.3,
-            workers=workers,
-        )
-        for workers in (1, 2)
-    ]  # fmt: skip
-    one, two = made
-    assert one.texts == two.texts and np.array_equal(one.strips, two.strips)
-    assert np.array_equal(one.hollow, two.hollow) and not (one.hollow & one.photographed).any()
-    assert 0.12 < one.photographed.mean() < 0.28 and 0.2 < one.hollow.mean() < 0.4
-    # none asked for: the same numbers as before either share existed (a reader's test set)
-    plain = synthetic.make_numbers(images, labels, 300, seed=6, max_length=4, workers=1)
-    shared = synthetic.make_numbers(
-        images, labels, 300, seed=6, max_length=4, photo_share=0.0, hollow_share=0.0, workers=1
-    )
-    assert plain.texts == shared.texts and np.array_equal(plain.strips, shared.strips)
-    assert not shared.hollow.any() and not shared.photographed.any()
-    # a read-back strip holds the number at the reader's height, like a clean one
-    for strip in one.strips[one.hollow][:20]:
-        rows = np.flatnonzero(strip.max(axis=1) > 30)
-        assert 12 <= rows[-1] - rows[0] + 1 <= 24
-
-
 def test_a_strip_without_its_digits_is_the_same_strip():
     image = np.full((120, 400), 255, np.uint8)
     image[30:90, 100:112] = 0

@@ -51,7 +51,6 @@ class TrainConfig:
     handwriting_share: float = 0.0
     # With augment: this many more digits, as a share of the training digits, written with
     # hollow (outlined) strokes and read back through preprocessing as a user's image is.
-    # The number reader: the share of its numbers written so (a bubble font, a traced number).
     hollow_share: float = 0.0
     # A model with a "not a digit" output: non-digits added to each batch, per digit.
     non_digit_share: float = 0.0

@@ -213,8 +213,6 @@ register(
             # benchmarks/number_reading.py (a third touching), 0.45 against 0.3 read 93.3%
             # against 90.4% of clean numbers of up to 6 digits exactly
             "touching_share": 0.45,
-            # numbers in outline (a bubble font, traced): read back as a person's scan of them
-            "hollow_share": 0.1,
             "learning_rate": 0.003,
             "schedule": "warmup-cosine",
         },

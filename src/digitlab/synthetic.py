@@ -185,7 +185,6 @@ class Numbers:
     strips: np.ndarray  # (N, 28, 224) uint8, from preprocess.fit_strip
     texts: list[str]
     photographed: np.ndarray  # (N,) bool: went through photograph() and prepare_strip()
-    hollow: np.ndarray  # (N,) bool: written with hollow strokes, scanned, prepare_strip()
 
     def targets(self, max_length: int) -> np.ndarray:
         """(N, max_length) int32: digit d as d + 1, padded with 0 (CTC's blank)."""
@@ -236,33 +235,27 @@ def _share_source(images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _numbers_chunk(task: tuple) -> tuple:
-    from digitlab import augment, preprocess
+    from digitlab import preprocess
 
-    count, seed, max_length, photo_share, hollow_share, min_length, style = task
+    count, seed, max_length, photo_share, min_length, style = task
     images, pools = _SOURCE
     rng = np.random.default_rng(seed)
     strips = np.zeros((count, IMAGE_SIDE, STRIP_WIDTH), np.uint8)
-    texts, photographed, hollow = [], np.zeros(count, bool), np.zeros(count, bool)
+    texts, photographed = [], np.zeros(count, bool)
     for index in range(count):
         text = random_text(int(rng.integers(min_length, max_length + 1)), rng, style)
         ink = compose(text, images, pools, rng, style)
-        chance = rng.random()
-        try:
-            if chance < photo_share:  # small photos: cheaper to make, and the hardest to read
+        if rng.random() < photo_share:
+            try:  # small photos: cheaper to make, and the hardest to read
                 photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
                 strips[index] = preprocess.prepare_strip(photo, with_digits=False).image
                 photographed[index] = True
-            elif chance < photo_share + hollow_share:
-                outlined = augment.hollow_strokes(ink, rng)
-                scan = scanned(outlined, 2 * ink.shape[0])
-                strips[index] = preprocess.prepare_strip(scan, with_digits=False).image
-                hollow[index] = True
-            else:
+            except preprocess.ImageError:  # too faint once photographed: use it clean
                 strips[index] = preprocess.fit_strip(ink)[0]
-        except preprocess.ImageError:  # too faint once photographed or outlined: use it clean
+        else:
             strips[index] = preprocess.fit_strip(ink)[0]
         texts.append(text)
-    return strips, texts, photographed, hollow
+    return strips, texts, photographed
 
 
 TEST_NUMBERS = 2_000  # a number reader's test: composed from MNIST's test digits
@@ -286,37 +279,26 @@ def make_numbers(
     min_length: int = 1,
     workers: int | None = None,
     style: Handwriting = HANDWRITING,
-    hollow_share: float = 0.0,
 ) -> Numbers:
     """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``
     in ``style``, ``photo_share`` of them photographed and read back as a person's photo would
-    be, ``hollow_share`` written with hollow strokes (a bubble font), scanned and read back.
+    be.
 
-    Spread over one process per core (a number takes ~2 ms, ~12 ms read back); the same
+    Spread over one process per core (a number takes ~2 ms, ~10 ms photographed); the same
     ``seed`` gives the same numbers whatever the number of workers.
     """
     seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
     tasks = [
-        (
-            min(CHUNK, count - start),
-            chunk_seed,
-            max_length,
-            photo_share,
-            hollow_share,
-            min_length,
-            style,
-        )
+        (min(CHUNK, count - start), chunk_seed, max_length, photo_share, min_length, style)
         for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)
     ]
     parts = _in_workers(_numbers_chunk, tasks, workers, _share_source, (images, labels))
     if not parts:
-        none = np.zeros(0, bool)
-        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], none, none)
+        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], np.zeros(0, bool))
     return Numbers(
         np.concatenate([part[0] for part in parts]),
         [text for part in parts for text in part[1]],
         np.concatenate([part[2] for part in parts]),
-        np.concatenate([part[3] for part in parts]),
     )
 
 
@@ -472,14 +454,11 @@ def photographed_digits(digits: np.ndarray, seed: int, workers: int | None = Non
 SCAN_SIDE = 112  # px: a digit drawn 4x MNIST's size, as robustness.py scans its conditions
 
 
-def scanned(ink: np.ndarray, height: int | None = None) -> np.ndarray:
-    """Float ink in [0, 1] (a 28x28 digit, a number) -> dark ink on white paper, uint8,
-    ``height`` px tall (default: 4x, a 28 px digit scanned at SCAN_SIDE)."""
-    height = height or round(ink.shape[0] * SCAN_SIDE / IMAGE_SIDE)
-    width = max(1, round(ink.shape[1] * height / ink.shape[0]))
-    image = Image.fromarray(np.clip(ink, 0, 1).astype(np.float32), "F")
-    image = np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
-    return (255 - np.clip(image, 0, 1) * 255).astype(np.uint8)
+def scanned(digit: np.ndarray, side: int = SCAN_SIDE) -> np.ndarray:
+    """A (28, 28) float digit in [0, 1] -> dark ink on white paper at ``side`` px, uint8."""
+    ink = Image.fromarray(np.clip(digit, 0, 1).astype(np.float32), "F")
+    ink = np.asarray(ink.resize((side, side), Image.Resampling.BICUBIC))
+    return (255 - np.clip(ink, 0, 1) * 255).astype(np.uint8)
 
 
 def _hollow_chunk(task: tuple[np.ndarray, np.random.SeedSequence]) -> list:

@@ -269,7 +269,7 @@ def train_reader(
     style = synthetic.HANDWRITING.with_touching(config.touching_share)
     training = synthetic.make_numbers(
         x_train[:fit_count], y_train[:fit_count], config.numbers, config.seed,
-        READER_MAX_LENGTH, config.photo_share, style=style, hollow_share=config.hollow_share,
+        READER_MAX_LENGTH, config.photo_share, style=style,
     )  # fmt: skip
     validation = (
         synthetic.make_numbers(
@@ -280,7 +280,6 @@ def train_reader(
             READER_MAX_LENGTH,
             config.photo_share,
             style=style,
-            hollow_share=config.hollow_share,
         )  # fmt: skip
         if held_out
         else None
@@ -289,8 +288,7 @@ def train_reader(
     report(
         f"[3/6] composed {len(training.texts):,} training numbers of 1-{READER_MAX_LENGTH} "
         f"digits from {fit_count:,} training digits ({config.touching_share:.0%} of their gaps "
-        f"touching, {training.photographed.mean():.0%} photographed and "
-        f"{training.hollow.mean():.0%} written with hollow strokes, read back), "
+        f"touching, {training.photographed.mean():.0%} photographed and read back), "
         + (f"{len(validation.texts):,} validation numbers from the {held_out:,} held-out digits, "
            if validation else "")
         + f"{len(test.texts):,} test numbers of 1-8 digits from the test digits, in "
