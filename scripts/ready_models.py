@@ -13,17 +13,17 @@ same seed gives the same weights; another CPU's float rounding can move a few te
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")  # as digitlab itself does
+from digitlab import fileio
+
 SHIPPED = Path(__file__).resolve().parent.parent / "src" / "digitlab" / "ready"
 KINDS = {"cnn": "latest", "reader": "latest-reader"}  # shipped folder: the runs link to it
-FILES = ("model.keras", "metrics.json", "inference.npz")
+FILES = ("model.keras", "inference.npz")  # and metrics.json, written last with ready_made
 # test accuracy: the CNN's on 10,000 digits, the reader's share of 2,000 numbers exact
 TOLERANCE = {"cnn": 0.002, "reader": 0.01}
 SAME = ("model", "dataset", "config", "seed", "input_shape", "data_sha256")
@@ -87,9 +87,11 @@ def install(runs: Path, kinds: list[str]) -> None:
         source, target = (runs / link).resolve(), SHIPPED / kind
         target.mkdir(parents=True, exist_ok=True)
         for name in FILES:
-            shutil.copyfile(source / name, target / name)
-        _without_optimizer(target / "model.keras")
-        manifest = _manifest(target)
+            with fileio.atomic_path(target / name) as temporary:
+                shutil.copyfile(source / name, temporary)
+                if name == "model.keras":
+                    _without_optimizer(temporary)
+        manifest = _manifest(source)
         manifest["ready_made"] = {
             "made_with": f"digitlab train --model {kind} --seed {manifest['seed']}"
             f"{_flags(kind, manifest)} (make ready-models)",
@@ -97,13 +99,31 @@ def install(runs: Path, kinds: list[str]) -> None:
             "digitlab_commit": commit,
             "machine": f"{platform.machine()}, {_cpu()}",
         }
-        (target / "metrics.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        fileio.atomic_write_text(target / "metrics.json", json.dumps(manifest, indent=2) + "\n")
         print(f"installed {source} as {target}")
 
 
-if __name__ == "__main__":
-    command, runs, kinds = sys.argv[1], Path(sys.argv[2]), sys.argv[3:] or list(KINDS)
+USAGE = "usage: ready_models.py check RUNS | install RUNS [cnn|reader ...]"
+
+
+def main(argv: list[str]) -> None:
+    """Check the arguments before touching anything: a misspelt kind installs nothing and says so."""
+    if len(argv) < 2 or argv[0] not in ("check", "install") or (argv[0] == "check" and argv[2:]):
+        sys.exit(USAGE)
+    command, runs, kinds = argv[0], Path(argv[1]), argv[2:] or list(KINDS)
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        sys.exit(f"unknown model kind {', '.join(unknown)}: choose from {', '.join(KINDS)}")
+    missing = [KINDS[kind] for kind in kinds if not (runs / KINDS[kind]).is_dir()]
+    if missing:
+        sys.exit(
+            f"{runs} holds no {', '.join(missing)} run: train the models first (make ready-models)"
+        )
     if command == "install":
         install(runs, kinds)
     elif not check(runs):
         sys.exit("the rebuilt models do not match the shipped ones (above)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -61,3 +61,47 @@ def test_the_installed_command_names_the_options_beyond_the_defaults(ready_model
     assert ready_models._flags("reader", {"seed": 0, "config": config}) == ""
     config["numbers"] = 120_000
     assert ready_models._flags("reader", {"seed": 0, "config": config}) == " --numbers 120000"
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["install", "RUNS", "cnnn"], "unknown model kind cnnn: choose from cnn, reader"),
+        (["install", "RUNS", "reader", "Reader"], "unknown model kind Reader"),
+        (["instal", "RUNS"], "usage: ready_models.py"),
+        (["check"], "usage: ready_models.py"),
+        (["install", "NOWHERE", "cnn"], "holds no latest run"),
+    ],
+)
+def test_bad_arguments_install_nothing_and_say_why(ready_models, tmp_path, argv, said):
+    runs = rebuilt_like_shipped(ready_models, tmp_path / "runs")
+    argv = [str(runs) if a == "RUNS" else str(tmp_path / a) if a == "NOWHERE" else a for a in argv]
+    installed = []
+    ready_models.install = lambda runs, kinds: installed.append(kinds)
+    with pytest.raises(SystemExit) as stopped:
+        ready_models.main(argv)
+    assert said in str(stopped.value) and "\n" not in str(stopped.value)
+    assert installed == []
+
+
+def test_good_arguments_install_the_kinds_named(ready_models, tmp_path):
+    runs = rebuilt_like_shipped(ready_models, tmp_path / "runs")
+    installed = []
+    ready_models.install = lambda runs, kinds: installed.append(kinds)
+    ready_models.main(["install", str(runs), "reader"])
+    ready_models.main(["install", str(runs)])
+    assert installed == [["reader"], ["cnn", "reader"]]
+
+
+def test_install_copies_one_kind_and_records_how_it_was_made(ready_models, tmp_path):
+    runs = rebuilt_like_shipped(ready_models, tmp_path / "runs")
+    ready_models.SHIPPED = tmp_path / "ready"
+    ready_models.main(["install", str(runs), "reader"])
+    assert sorted(p.name for p in (tmp_path / "ready").iterdir()) == ["reader"]
+    installed = tmp_path / "ready" / "reader"
+    assert sorted(p.name for p in installed.iterdir()) == [
+        "inference.npz", "metrics.json", "model.keras"
+    ]  # fmt: skip
+    made = json.loads((installed / "metrics.json").read_text())["ready_made"]
+    assert made["run"] == "20261129-000000-reader"
+    assert made["made_with"].startswith("digitlab train --model reader --seed 0")
