@@ -27,9 +27,12 @@ data-fashion: $(BIN)/digitlab system-packages
 
 # Debian packages the tests use: chromium for the browser tests (Playwright's own browser
 # download cannot work here), dataset-fashion-mnist (the Fashion-MNIST source used offline) and
-# fonts: DejaVu and Liberation, whose letters the CNN learns as "not a digit", and handwriting
-# fonts (numbers and letters no model was trained on, for the tests and benchmarks).
-FONTS := fonts-dejavu-core fonts-liberation fonts-humor-sans fonts-breip \
+# fonts: print, script and handwriting fonts whose letters the CNN learns as "not a digit"
+# (synthetic.TRAINING_FONT_FAMILIES), and other handwriting fonts (numbers and letters no
+# model was trained on, for the tests and benchmarks).
+FONTS := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
+	fonts-sil-andika fonts-tlwg-purisa-ttf fonts-dustin fonts-tomsontalks fonts-lobster \
+	fonts-cabinsketch fonts-humor-sans fonts-breip \
 	fonts-dkg-handwriting fonts-femkeklaver fonts-rufscript fonts-kristi fonts-comic-neue \
 	fonts-bwht fonts-klee fonts-dancingscript
 system-packages:

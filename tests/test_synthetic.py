@@ -132,6 +132,44 @@ def test_non_digits_are_prepared_like_a_persons_images():
     assert not set(synthetic.GLYPHS) & set(synthetic.DIGIT_LIKE)
 
 
+def test_every_training_font_family_is_installed_and_none_is_a_benchmark_font():
+    """The Makefile installs each family the reject class learns letters from; the benchmarks'
+    handwriting fonts stay unseen."""
+    families = synthetic.training_font_paths()
+    assert all(families.values()), [name for name, paths in families.items() if not paths]
+    names = [path.stem for paths in families.values() for path in paths]
+    benchmark_fonts = {"Humor-Sans", "Breip", "dkg", "femkeklaver", "Rufscript010", "Kristi",
+                       "ComicNeue-Regular", "BecauseWeLearn-Regular", "BecauseWeBuild-Regular",
+                       "KleeOne-Regular", "DancingScript-Regular"}  # fmt: skip
+    assert len(names) >= 70 and not benchmark_fonts & set(names)
+    assert not [name for name in names if name.startswith(synthetic.NOT_LETTERS)]
+    assert len(synthetic._training_fonts()) == len(synthetic.TRAINING_FONT_FAMILIES)
+
+
+def test_letters_are_drawn_only_in_fonts_that_have_them():
+    from PIL import ImageFont
+
+    path = next(path for path in synthetic.training_font_paths()["dustin"] if path.stem == "Balker")
+    covered = synthetic._covered(ImageFont.truetype(str(path), 40), synthetic.GLYPHS)
+    assert "A" in covered and "x" in covered and "#" not in covered and "%" not in covered
+
+
+def test_shapes_include_textured_and_tall_or_wide_things():
+    rng = np.random.default_rng(0)
+    shapes = [synthetic._shapes(rng) for _ in range(400)]
+    textured = aspects = 0
+    for shape in shapes:
+        ink = shape > 0
+        if not ink.any():
+            continue
+        textured += len(np.unique(shape[ndimage.binary_erosion(ink, iterations=3)])) > 20
+        rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        aspect = (columns[-1] - columns[0] + 1) / (rows[-1] - rows[0] + 1)
+        aspects += aspect < 0.4 or aspect > 2.5
+    assert 0.3 <= textured / len(shapes) <= 0.7  # half are textured
+    assert aspects >= 0.1 * len(shapes)
+
+
 def test_hollow_digits_read_back_are_outlines_prepared_like_a_persons_images():
     """A digit model's extra training digits: outlined strokes, scanned, prepared to 28x28."""
     images, _ = make_digits(300, seed=4)

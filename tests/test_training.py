@@ -121,6 +121,21 @@ def test_batches_with_non_digits_split_evenly_over_a_process_devices():
         assert len(batch) == size and (labels == NUM_CLASSES).sum() == size - 16
 
 
+def test_non_digits_get_other_writers_conditions_like_the_digits(monkeypatch):
+    """No shortcut for the "not a digit" output: a scanned or blurred look is not a digit's mark."""
+    given = []
+    monkeypatch.setattr(
+        training, "other_handwriting", lambda images, rng, share: given.append(len(images))
+    )
+    config = models.get("cnn").config(batch_size=16, non_digit_share=0.25)
+    batches = training.augmented_batches(
+        np.zeros((40, 28, 28), np.uint8), np.zeros(40, np.uint8), config, (28, 28, 1),
+        np.full((10, 28, 28), 255, np.uint8),
+    )  # fmt: skip
+    batch, labels = batches[0]
+    assert given == [len(batch)] == [16 + 4] and (labels == NUM_CLASSES).sum() == 4
+
+
 TUTORIAL_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
 
 

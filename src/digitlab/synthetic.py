@@ -11,6 +11,7 @@ noise, blur, a tint and JPEG artefacts, as ``benchmarks/robustness.py`` does for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,32 +314,60 @@ GLYPHS = "".join(
     for character in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#%&@?+=*$<>~^"
     if character not in DIGIT_LIKE
 )
-# Font families the reject class is trained on, every style of them this machine has (Debian's
-# fonts-dejavu-core and fonts-liberation); the benchmark tests on other (handwriting) fonts.
-TRAINING_FONT_FAMILIES = ("DejaVu", "Liberation")
+# Font families the reject class is trained on, by their folder under FONT_FOLDER: every style
+# of them this machine has, from Debian's fonts-dejavu-core, fonts-liberation,
+# fonts-freefont-ttf, fonts-urw-base35 (with the script Z003), fonts-sil-andika (a teacher's
+# hand), fonts-tlwg-purisa-ttf, fonts-dustin, fonts-tomsontalks, fonts-lobster and
+# fonts-cabinsketch (handwriting, script and sketched display fonts). The benchmarks test on
+# other handwriting fonts. Symbol fonts are left out: their letters are pictures.
+TRAINING_FONT_FAMILIES = ("dejavu", "liberation", "freefont", "urw-base35", "andika", "tlwg",
+                          "dustin", "tomsontalks", "lobster", "cabinsketch")  # fmt: skip
+NOT_LETTERS = ("Math", "StandardSymbols", "D050000L")
 FONT_FOLDER = Path("/usr/share/fonts")
 NON_DIGIT_CANVAS = 84  # px: non-digits are drawn this large, then prepared like a person's image
 
 
-def _training_fonts() -> list:
-    """The training fonts this machine has, else Pillow's own scalable font."""
+def training_font_paths() -> dict[str, list[Path]]:
+    """The font files of each of TRAINING_FONT_FAMILIES this machine has."""
+    paths = sorted(FONT_FOLDER.rglob("*")) if FONT_FOLDER.is_dir() else []
+    return {
+        family: [path for path in paths if path.suffix in (".ttf", ".otf")
+                 and path.parent.name == family and not path.name.startswith(NOT_LETTERS)]
+        for family in TRAINING_FONT_FAMILIES
+    }  # fmt: skip
+
+
+def _covered(font, glyphs: str) -> str:
+    """The characters of ``glyphs`` that ``font`` has (a missing one is drawn as the font's
+    empty box, which is the box of a private-use character too)."""
+    missing = bytes(font.getmask("\ue000"))
+    return "".join(glyph for glyph in glyphs if bytes(font.getmask(glyph)) != missing)
+
+
+@functools.cache  # once per process: finding each font's characters takes ~1 s
+def _training_fonts() -> list[list[tuple]]:
+    """The training fonts by family, each font with the GLYPHS it has; each family is drawn
+    from as often as any other, whatever its number of styles. Else Pillow's own font."""
     from PIL import ImageFont
 
-    paths = sorted(
-        path
-        for path in (FONT_FOLDER.rglob("*.ttf") if FONT_FOLDER.is_dir() else [])
-        if path.name.startswith(TRAINING_FONT_FAMILIES) and "Math" not in path.name
-    )
-    fonts = [lambda size, path=path: ImageFont.truetype(str(path), size) for path in paths]
-    return fonts or [lambda size: ImageFont.load_default(size=size)]
+    families = [
+        [(lambda size, path=path: ImageFont.truetype(str(path), size),
+          _covered(ImageFont.truetype(str(path), 40), GLYPHS)) for path in paths]
+        for paths in training_font_paths().values()
+    ]  # fmt: skip
+    return [family for family in families if family] or [
+        [(lambda size: ImageFont.load_default(size=size), GLYPHS)]
+    ]
 
 
-def _glyph(rng: np.random.Generator, fonts: list, glyphs: str = GLYPHS) -> np.ndarray:
+def _glyph(rng: np.random.Generator, fonts: list[list[tuple]]) -> np.ndarray:
     from PIL import ImageDraw
 
     image = Image.new("L", (NON_DIGIT_CANVAS, NON_DIGIT_CANVAS), 0)
     draw = ImageDraw.Draw(image)
-    font = fonts[int(rng.integers(len(fonts)))](int(rng.integers(36, 60)))
+    family = fonts[int(rng.integers(len(fonts)))]
+    make, glyphs = family[int(rng.integers(len(family)))]
+    font = make(int(rng.integers(36, 60)))
     glyph = glyphs[int(rng.integers(len(glyphs)))]
     left, top, right, bottom = draw.textbbox((0, 0), glyph, font=font)
     x = (NON_DIGIT_CANVAS - (right - left)) / 2 - left
@@ -360,11 +389,16 @@ def _scribble(rng: np.random.Generator) -> np.ndarray:
 
 
 def _shapes(rng: np.random.Generator) -> np.ndarray:
-    """Filled shapes, alone or overlapping: silhouettes of things, not strokes."""
+    """Filled shapes, alone or overlapping: silhouettes of things, not strokes. Half of them
+    are mirror-symmetric (as made things and creatures mostly are), and half are shaded with
+    a texture (cloth, fur, light) rather than one flat tone; of those, most are tall or wide
+    things (a bottle, a dress, a bench), some standing on two legs (trousers, a table). A flat
+    tall one would be a 1 written with a marker."""
     from PIL import ImageDraw
 
     image = Image.new("L", (NON_DIGIT_CANVAS, NON_DIGIT_CANVAS), 0)
     draw = ImageDraw.Draw(image)
+    symmetric = rng.random() < 0.5
     for _ in range(int(rng.integers(1, 4))):
         box = sorted(rng.uniform(4, NON_DIGIT_CANVAS - 4, 2)), sorted(rng.uniform(4, 80, 2))
         corners = [box[0][0], box[1][0], box[0][1] + 6, box[1][1] + 6]
@@ -376,7 +410,53 @@ def _shapes(rng: np.random.Generator) -> np.ndarray:
                 tuple(rng.uniform(4, NON_DIGIT_CANVAS - 4, 2)) for _ in range(rng.integers(3, 7))
             ]
             draw.polygon(points, fill=shade)
-    return np.asarray(image)
+    silhouette = np.asarray(image, np.float32)
+    if symmetric:
+        silhouette = np.maximum(silhouette, silhouette[:, ::-1])
+    if rng.random() < 0.5:
+        silhouette *= 0.35 + 0.65 * _pink_noise(rng)
+        if rng.random() < 0.75:
+            tall = rng.random() < 0.7
+            aspect = rng.uniform(0.33, 0.7) if tall else rng.uniform(1.7, 4)  # a 1: 0.1-0.3
+            silhouette = _stretched(silhouette, aspect)
+            if tall and rng.random() < 0.5:
+                _split_legs(silhouette, rng)
+    return silhouette.astype(np.uint8)
+
+
+def _split_legs(image: np.ndarray, rng: np.random.Generator) -> None:
+    """Cut a gap up from the bottom of the ink's middle, in place: two legs."""
+    rows, columns = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    height, middle = rows[-1] - rows[0] + 1, (columns[0] + columns[-1]) // 2
+    half_gap = max(1, round((columns[-1] - columns[0] + 1) * rng.uniform(0.04, 0.12)))
+    top = rows[-1] - round(height * rng.uniform(0.3, 0.7))
+    image[top:, middle - half_gap : middle + half_gap + 1] = 0
+
+
+def _stretched(image: np.ndarray, aspect: float) -> np.ndarray:
+    """The ink of ``image`` resized to ``aspect`` (width / height), as large as fits, centred on
+    a canvas of the same size."""
+    rows, columns = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    if not rows.size:
+        return image
+    ink = image[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+    side = image.shape[0] - 8
+    width, height = (round(side * aspect), side) if aspect < 1 else (side, round(side / aspect))
+    squeezed = np.asarray(Image.fromarray(ink).resize((width, height), Image.Resampling.BILINEAR))
+    canvas = np.zeros_like(image)
+    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+    canvas[top : top + height, left : left + width] = squeezed
+    return canvas
+
+
+def _pink_noise(rng: np.random.Generator) -> np.ndarray:
+    """1/f noise, the spectrum of natural images, scaled to [0, 1]."""
+    side = NON_DIGIT_CANVAS
+    frequencies = np.sqrt(np.add.outer(np.fft.fftfreq(side) ** 2, np.fft.fftfreq(side) ** 2))
+    frequencies[0, 0] = 1
+    spectrum = (rng.normal(size=(side, side)) + 1j * rng.normal(size=(side, side))) / frequencies
+    field = np.real(np.fft.ifft2(spectrum))
+    return (field - field.min()) / max(field.max() - field.min(), 1e-9)
 
 
 def _noise(rng: np.random.Generator) -> np.ndarray:
@@ -386,12 +466,7 @@ def _noise(rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, 256, (side, side)).astype(np.uint8)
     if kind == 1:
         return ((rng.random((side, side)) < rng.uniform(0.05, 0.4)) * 255).astype(np.uint8)
-    # 1/f ("pink") noise, the spectrum of natural images, thresholded half of the time
-    frequencies = np.sqrt(np.add.outer(np.fft.fftfreq(side) ** 2, np.fft.fftfreq(side) ** 2))
-    frequencies[0, 0] = 1
-    spectrum = (rng.normal(size=(side, side)) + 1j * rng.normal(size=(side, side))) / frequencies
-    field = np.real(np.fft.ifft2(spectrum))
-    field = (field - field.min()) / max(field.max() - field.min(), 1e-9)
+    field = _pink_noise(rng)  # thresholded half of the time
     if rng.random() < 0.5:
         field = (field > np.quantile(field, rng.uniform(0.6, 0.85))).astype(float)
     return (field * 255).astype(np.uint8)

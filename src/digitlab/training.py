@@ -153,7 +153,7 @@ def augmented_batches(
 ) -> keras.utils.PyDataset:
     """Shuffled batches of freshly augmented digits, a new order and new transforms each epoch;
     the last ``config.plain_final_epochs`` epochs unaugmented. ``config.handwriting_share`` of
-    the augmented digits also get another writer's pen, scan or slant.
+    the augmented digits (and non-digits) also get another writer's pen, scan or slant.
 
     With ``non_digits``, each batch also holds ``config.non_digit_share`` of its size in
     randomly chosen non-digits (augmented alike), labelled NUM_CLASSES: "not a digit"; as many
@@ -187,8 +187,8 @@ def augmented_batches(
             if self.epoch >= augmented_epochs:
                 return models.prepare(digits, input_shape), targets
             batch = augment(digits, self.rng)  # float32 in [0, 1], like prepare()
-            if config.handwriting_share:
-                other_handwriting(batch[: len(chosen)], self.rng, config.handwriting_share)
+            if config.handwriting_share:  # non-digits too: no shortcut from "looks scanned"
+                other_handwriting(batch, self.rng, config.handwriting_share)
             return batch.reshape((len(digits), *input_shape)), targets
 
         def on_epoch_end(self):
@@ -545,7 +545,7 @@ def train(
 # issue #11 allows on MNIST's test digits, leaving room for photographed digits, which score
 # lower.
 REJECTION_RATE = 0.005
-NON_DIGITS_TRAINED = 6_000  # drawn non-digits, re-augmented every epoch
+NON_DIGITS_TRAINED = 12_000  # drawn non-digits, re-augmented every epoch
 NON_DIGITS_VALIDATED = 1_000
 
 
@@ -655,7 +655,7 @@ def _describe_augmentation(config: TrainConfig) -> str:
     described = ", each batch randomly shifted, rotated and rescaled"
     if config.handwriting_share:
         described += (
-            f", {config.handwriting_share:.0%} of its digits as other writers, pens and scanners "
+            f", {config.handwriting_share:.0%} of its images as other writers, pens and scanners "
             "would give them"
         )
     if config.hollow_share:
