@@ -98,10 +98,11 @@ def test_the_cnn_trains_with_its_own_defaults_and_every_command_uses_it(tiny_fol
     result = invoke("train", "--model", "cnn", "--dataset", tiny_folder, "--epochs", "2")
     assert result.exit_code == 0, result.output
     assert (
-        "would give them, 11% more digits with hollow strokes read back (the last 1 epoch: the "
-        "digits as they are)" in result.output
+        "would give them, 11% more digits with hollow strokes read back, 10% more photographed "
+        "and read back (the last 1 epoch: the digits as they are)" in result.output
     )
     assert "with hollow strokes and read them back through preprocessing" in result.output
+    assert "photographed on paper and read them back through preprocessing" in result.output
     assert "for the 'not a digit' output" in result.output
     assert "warm-up to 0.003, then cosine decay" in result.output
     assert "holding out 25 images for validation" in result.output  # 1/12 of 300

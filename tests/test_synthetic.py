@@ -195,6 +195,20 @@ def test_hollow_digits_read_back_are_outlines_prepared_like_a_persons_images():
     assert np.mean([(d > 128).mean() for d in one[:50]]) < solid
 
 
+def test_photographed_digits_read_back_keep_their_labels_place():
+    """A digit model's other extra training digits: photographed, prepared back to 28x28; the
+    indices say which digit each is, also when one is too faint to find."""
+    images, _ = make_digits(40, seed=6)
+    images[7] = 0  # a blank page: no digit to find
+    one, kept_one = synthetic.photographed_digits(images, seed=2, workers=1)
+    two, kept_two = synthetic.photographed_digits(images, seed=2, workers=2)
+    assert np.array_equal(one, two) and np.array_equal(kept_one, kept_two)
+    assert 7 not in kept_one and len(kept_one) >= 36 and len(one) == len(kept_one)
+    for photo, index in zip(one, kept_one, strict=True):  # the same digit, roughly in place
+        original = preprocess.prepare_image(synthetic.scanned(images[index] / 255))
+        assert np.corrcoef(photo.ravel(), original.ravel())[0, 1] > 0.5
+
+
 def test_a_style_with_more_touching_gaps_keeps_the_others_proportions(digits):
     style = synthetic.HANDWRITING.with_touching(0.45)
     shares = {name: share for name, share, _, _ in style.gaps}

@@ -52,6 +52,9 @@ class TrainConfig:
     # With augment: this many more digits, as a share of the training digits, written with
     # hollow (outlined) strokes and read back through preprocessing as a user's image is.
     hollow_share: float = 0.0
+    # With augment: this many more, photographed on paper (synthetic.photograph: size, light,
+    # noise, blur, tint, JPEG) and read back through preprocessing as a user's photo is.
+    photographed_share: float = 0.0
     # A model with a "not a digit" output: non-digits added to each batch, per digit.
     non_digit_share: float = 0.0
     # The number reader only: how many numbers it composes to train on (each 1-10 digits), and

@@ -509,21 +509,32 @@ def _photographed_chunk(task: tuple[np.ndarray, np.random.SeedSequence]) -> list
 
     digits, seed = task
     rng = np.random.default_rng(seed)
-    prepared = [
+    return [
         preprocess._prepare_or_error(photograph(digit.astype(np.float32) / 255, rng))
         for digit in digits
     ]
-    return [item for item in prepared if not isinstance(item, preprocess.ImageError)]
 
 
-def photographed_digits(digits: np.ndarray, seed: int, workers: int | None = None) -> np.ndarray:
-    """MNIST digits photographed on paper (``photograph``) and prepared back to 28x28, as a
-    user's photo of them would be. (N, 28, 28) uint8 -> (M <= N, 28, 28) uint8."""
+def _read_back(chunk, digits: np.ndarray, seed: int, workers: int | None):
+    """``chunk`` over ``digits`` in tasks of CHUNK, over processes -> (the (M <= N, 28, 28)
+    uint8 images preprocessing found a digit in, their indices in ``digits``)."""
     seeds = np.random.SeedSequence(seed).spawn(-(-len(digits) // CHUNK))
     tasks = [(digits[start : start + CHUNK], chunk_seed)
              for start, chunk_seed in zip(range(0, len(digits), CHUNK), seeds, strict=True)]  # fmt: skip
-    kept = [image for part in _in_workers(_photographed_chunk, tasks, workers) for image in part]
-    return np.stack(kept) if kept else np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+    prepared = [item for part in _in_workers(chunk, tasks, workers) for item in part]
+    kept = [index for index, item in enumerate(prepared) if isinstance(item, np.ndarray)]
+    if not kept:
+        return np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8), np.zeros(0, int)
+    return np.stack([prepared[index] for index in kept]), np.array(kept)
+
+
+def photographed_digits(
+    digits: np.ndarray, seed: int, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST digits photographed on paper (``photograph``) and prepared back to 28x28, as a
+    user's photo of them would be. (N, 28, 28) uint8 -> ((M <= N, 28, 28) uint8, the indices
+    of the digits kept)."""
+    return _read_back(_photographed_chunk, digits, seed, workers)
 
 
 SCAN_SIDE = 112  # px: a digit drawn 4x MNIST's size, as robustness.py scans its conditions
@@ -555,11 +566,4 @@ def hollow_digits_read_back(
     """MNIST digits written with hollow (outlined) strokes, scanned and prepared back to 28x28
     as a user's image of them would be: what a digit model gets from a bubble font or a traced
     digit. (N, 28, 28) uint8 -> ((M <= N, 28, 28) uint8, the indices of the digits kept)."""
-    seeds = np.random.SeedSequence(seed).spawn(-(-len(digits) // CHUNK))
-    tasks = [(digits[start : start + CHUNK], chunk_seed)
-             for start, chunk_seed in zip(range(0, len(digits), CHUNK), seeds, strict=True)]  # fmt: skip
-    prepared = [item for part in _in_workers(_hollow_chunk, tasks, workers) for item in part]
-    kept = [index for index, item in enumerate(prepared) if isinstance(item, np.ndarray)]
-    if not kept:
-        return np.zeros((0, IMAGE_SIDE, IMAGE_SIDE), np.uint8), np.zeros(0, int)
-    return np.stack([prepared[index] for index in kept]), np.array(kept)
+    return _read_back(_hollow_chunk, digits, seed, workers)

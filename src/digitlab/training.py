@@ -411,8 +411,8 @@ def train(
     held_out = _validation_count(config, len(x_train))
     fit_count = len(x_train) - held_out
     fit_images, fit_labels = x_train[:fit_count], y_train[:fit_count]
-    if config.augment and config.hollow_share:
-        fit_images, fit_labels = _with_hollow_digits(fit_images, fit_labels, config, report)
+    if config.augment and (config.hollow_share or config.photographed_share):
+        fit_images, fit_labels = _with_read_back_digits(fit_images, fit_labels, config, report)
     steps_per_epoch = -(-len(fit_images) // config.batch_size)
 
     model = models.build(config.model)
@@ -572,7 +572,7 @@ def _photographed(digits: np.ndarray, seed: int, report: Report) -> np.ndarray:
     from digitlab import synthetic
 
     started = time.perf_counter()
-    photos = synthetic.photographed_digits(digits[:PHOTOGRAPHED_CALIBRATION], seed)
+    photos, _ = synthetic.photographed_digits(digits[:PHOTOGRAPHED_CALIBRATION], seed)
     report(
         f"      photographed {len(photos):,} held-out digits to calibrate 'not a digit' "
         f"({time.perf_counter() - started:.0f} s)"
@@ -597,25 +597,34 @@ def _non_digits(config: TrainConfig, fit_count: int, held_out: int, report: Repo
     return trained, validated
 
 
-def _with_hollow_digits(
+def _with_read_back_digits(
     images: np.ndarray, labels: np.ndarray, config: TrainConfig, report: Report
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training digits plus ``config.hollow_share`` more: some of them again, written with
-    hollow strokes and read back through preprocessing (``synthetic.hollow_digits_read_back``),
-    made once before training, over processes (in the batches, one thread would take minutes
-    per epoch)."""
+    """The training digits plus ``config.hollow_share`` more written with hollow strokes and
+    ``config.photographed_share`` more photographed, each some of them again, read back
+    through preprocessing as a user's image of them would be; made once before training, over
+    processes (in the batches, one thread would take minutes per epoch)."""
     from digitlab import synthetic
 
-    started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    chosen = rng.choice(len(images), round(config.hollow_share * len(images)), replace=False)
-    hollow, kept = synthetic.hollow_digits_read_back(images[chosen], config.seed)
-    report(
-        f"      wrote {len(hollow):,} training digits with hollow strokes and read them back "
-        f"through preprocessing, as more digits to train on, in "
-        f"{time.perf_counter() - started:.0f} s"
-    )
-    return np.concatenate([images, hollow]), np.concatenate([labels, labels[chosen[kept]]])
+    kinds = [
+        (config.hollow_share, "with hollow strokes", synthetic.hollow_digits_read_back),
+        (config.photographed_share, "photographed on paper", synthetic.photographed_digits),
+    ]
+    more_images, more_labels = [images], [labels]
+    for number, (share, how, read_back) in enumerate(kinds):
+        if not share:
+            continue
+        started = time.perf_counter()
+        chosen = rng.choice(len(images), round(share * len(images)), replace=False)
+        made, kept = read_back(images[chosen], config.seed + number)
+        report(
+            f"      wrote {len(made):,} training digits {how} and read them back through "
+            f"preprocessing, as more digits to train on, in {time.perf_counter() - started:.0f} s"
+        )
+        more_images.append(made)
+        more_labels.append(labels[chosen[kept]])
+    return np.concatenate(more_images), np.concatenate(more_labels)
 
 
 def _with_non_digits(inputs, labels, non_digits: np.ndarray, input_shape) -> tuple:
@@ -660,6 +669,8 @@ def _describe_augmentation(config: TrainConfig) -> str:
         )
     if config.hollow_share:
         described += f", {config.hollow_share:.0%} more digits with hollow strokes read back"
+    if config.photographed_share:
+        described += f", {config.photographed_share:.0%} more photographed and read back"
     if plain == 0:
         return described
     return f"{described} (the last {plain} epoch{'s' if plain > 1 else ''}: the digits as they are)"
