@@ -424,9 +424,13 @@ def _shapes(rng: np.random.Generator) -> np.ndarray:
     return silhouette.astype(np.uint8)
 
 
+def _ink_rows_and_columns(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+
+
 def _split_legs(image: np.ndarray, rng: np.random.Generator) -> None:
     """Cut a gap up from the bottom of the ink's middle, in place: two legs."""
-    rows, columns = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    rows, columns = _ink_rows_and_columns(image)
     height, middle = rows[-1] - rows[0] + 1, (columns[0] + columns[-1]) // 2
     half_gap = max(1, round((columns[-1] - columns[0] + 1) * rng.uniform(0.04, 0.12)))
     top = rows[-1] - round(height * rng.uniform(0.3, 0.7))
@@ -436,7 +440,7 @@ def _split_legs(image: np.ndarray, rng: np.random.Generator) -> None:
 def _stretched(image: np.ndarray, aspect: float) -> np.ndarray:
     """The ink of ``image`` resized to ``aspect`` (width / height), as large as fits, centred on
     a canvas of the same size."""
-    rows, columns = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    rows, columns = _ink_rows_and_columns(image)
     if not rows.size:
         return image
     ink = image[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
