@@ -85,6 +85,7 @@ def assert_trained_alike(manifest: dict, single: dict, model: str) -> None:
 def test_two_processes_train_like_one(model, tmp_path, monkeypatch, mnist_files, single_runs):
     use_real_mnist_cache(monkeypatch)
     arguments = ("--model", model, "--epochs", "1")
+    single = single_runs(*arguments)  # first: the job then takes the CNN's made data from it
     processes = start_job(tmp_path, *arguments)
     outputs = [(p, *p.communicate(timeout=900)) for p in processes]
     outputs = [(p.returncode, out, err) for p, out, err in outputs]
@@ -97,7 +98,7 @@ def test_two_processes_train_like_one(model, tmp_path, monkeypatch, mnist_files,
     manifest = json.loads((runs[0] / "metrics.json").read_text())
     assert manifest["distributed"] == {"processes": 2, "devices": 2}
     assert manifest["config"]["batch_size"] == (128 if model == "mlp" else 256)  # the global one
-    assert_trained_alike(manifest, single_runs(*arguments), model)
+    assert_trained_alike(manifest, single, model)
 
 
 @pytest.mark.slow

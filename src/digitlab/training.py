@@ -19,6 +19,7 @@ from digitlab.augment import augment, other_handwriting
 from digitlab.config import NUM_CLASSES, PREDICTIONS_SHOWN, TrainConfig
 from digitlab.datasets import Arrays, Report
 from digitlab.distributed import Job
+from digitlab.made import made
 
 if TYPE_CHECKING:
     import keras
@@ -572,12 +573,18 @@ def _photographed(digits: np.ndarray, seed: int, report: Report) -> np.ndarray:
     from digitlab import synthetic
 
     started = time.perf_counter()
-    photos, _ = synthetic.photographed_digits(digits[:PHOTOGRAPHED_CALIBRATION], seed)
+    (photos, _), kept = made(synthetic.photographed_digits, digits[:PHOTOGRAPHED_CALIBRATION], seed)
     report(
         f"      photographed {len(photos):,} held-out digits to calibrate 'not a digit' "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"({_took(started, kept)})"
     )
     return photos
+
+
+def _took(started: float, kept: bool) -> str:
+    """How long making some training data took, or that an earlier training made it."""
+    seconds = f"{time.perf_counter() - started:.0f} s"
+    return f"{seconds}, kept from an earlier training" if kept else seconds
 
 
 def _non_digits(config: TrainConfig, fit_count: int, held_out: int, report: Report):
@@ -585,14 +592,14 @@ def _non_digits(config: TrainConfig, fit_count: int, held_out: int, report: Repo
     from digitlab import synthetic
 
     started = time.perf_counter()
-    trained = synthetic.prepared_non_digits(NON_DIGITS_TRAINED, config.seed)
-    validated = (
-        synthetic.prepared_non_digits(NON_DIGITS_VALIDATED, config.seed + 1) if held_out else None
-    )
+    trained, kept = made(synthetic.prepared_non_digits, NON_DIGITS_TRAINED, config.seed)
+    validated = None
+    if held_out:
+        validated, _ = made(synthetic.prepared_non_digits, NON_DIGITS_VALIDATED, config.seed + 1)
     report(
         f"      drew {len(trained):,} non-digits (letters, scribbles, shapes, noise) for the "
         f"'not a digit' output, {config.non_digit_share:.0%} of each batch, in "
-        f"{time.perf_counter() - started:.0f} s"
+        f"{_took(started, kept)}"
     )
     return trained, validated
 
@@ -617,12 +624,12 @@ def _with_read_back_digits(
             continue
         started = time.perf_counter()
         chosen = rng.choice(len(images), round(share * len(images)), replace=False)
-        made, kept = read_back(images[chosen], config.seed + number)
+        (read, kept), from_before = made(read_back, images[chosen], config.seed + number)
         report(
-            f"      wrote {len(made):,} training digits {how} and read them back through "
-            f"preprocessing, as more digits to train on, in {time.perf_counter() - started:.0f} s"
+            f"      wrote {len(read):,} training digits {how} and read them back through "
+            f"preprocessing, as more digits to train on, in {_took(started, from_before)}"
         )
-        more_images.append(made)
+        more_images.append(read)
         more_labels.append(labels[chosen[kept]])
     return np.concatenate(more_images), np.concatenate(more_labels)
 
