@@ -264,3 +264,23 @@ def test_the_fast_median_is_scipys(image):
     np.testing.assert_array_equal(
         preprocess.median_3x3(image), ndimage.median_filter(image, size=3)
     )
+
+
+def test_many_images_are_prepared_without_forking_a_process_that_runs_jax():
+    """After a training (JAX's threads running), workers come from a fork server: JAX warns
+    that forking it can deadlock, and no such warning may appear."""
+    import warnings
+
+    import jax.numpy as jnp
+
+    float(jnp.ones(3).sum())  # JAX's threads are up
+    rng = np.random.default_rng(4)
+    sources = [255 - render_digit(int(d), rng, size=56) for d in rng.integers(0, 10, 240)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = preprocess.prepare_many(sources, workers=2)
+    assert not [warning for warning in caught if "fork" in str(warning.message)]
+    expected = [preprocess.prepare_image(source) for source in sources[:20]]
+    for got, want in zip(prepared, expected, strict=False):
+        np.testing.assert_array_equal(got, want)
+    assert len(prepared) == len(sources)

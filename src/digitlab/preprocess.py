@@ -665,6 +665,19 @@ def _prepare_or_error(source, kind: str = "digit"):
         return error
 
 
+def _worker_context():
+    """Forked workers start in ~0.1 s, but forking a process in which JAX runs (after a
+    training, in a notebook or a test) can deadlock on its threads: then a fork server, a fresh
+    process that the workers are forked from (~0.5 s to start)."""
+    import multiprocessing
+    import sys
+
+    methods = multiprocessing.get_all_start_methods()
+    if "jax" in sys.modules or "fork" not in methods:
+        return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return multiprocessing.get_context("fork")
+
+
 def prepare_many(sources: list, kind: str = "digit", workers: int | None = None) -> list:
     """``prepare_image`` (or ``prepare_number``, ``prepare_strip``: ``kind`` is a key of
     PREPARERS) for many images, in order; an unreadable one gives its ImageError in its place.
@@ -674,14 +687,11 @@ def prepare_many(sources: list, kind: str = "digit", workers: int | None = None)
     ~0.1 s it takes to start the workers.
     """
     import functools
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or os.cpu_count() or 1
     one = functools.partial(_prepare_or_error, kind=kind)
     if workers < 2 or len(sources) < 200:
         return [one(source) for source in sources]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_worker_context()) as pool:
         return list(pool.map(one, sources, chunksize=64))
