@@ -76,6 +76,22 @@ def test_empty_or_noise_only_images_are_reported_not_guessed(image):
         preprocess.prepare_image(image)
 
 
+def test_a_faint_pencil_digit_on_clean_paper_is_found_and_blank_paper_is_not():
+    """Ink only 0.08 above the paper (a light pencil, a blurred thin pen) stands far out of a
+    clean scan's noise: it is a digit, and the same digit as at full strength."""
+    rng = np.random.default_rng(0)
+    strong = paper_digit() / 255.0
+    paper = strong[0, 0]
+    faint = paper - 0.08 * (paper - strong) / (paper - strong.min())  # the ink 0.08 deep
+    noise = rng.normal(0, 0.003, faint.shape)
+    found = preprocess.prepare_image(faint + noise).astype(float)
+    expected = preprocess.prepare_image(strong).astype(float)
+    assert np.corrcoef(found.ravel(), expected.ravel())[0, 1] > 0.9
+    lit_unevenly = np.linspace(0.0, 0.1, faint.shape[1])[None, :]
+    with pytest.raises(EmptyImageError, match="no digit found"):
+        preprocess.prepare_image(np.full(faint.shape, paper) + lit_unevenly + noise)
+
+
 def test_a_thin_pen_line_is_thickened_like_mnist():
     canvas = np.zeros((300, 300), np.float32)
     canvas[40:260, 148:151] = 1.0  # a 3 px line, 220 px long: a ballpoint "1"

@@ -33,7 +33,11 @@ MNIST_STROKE = 0.13
 THIN_STROKE = 0.10  # thinner than this (a ballpoint in a photo) is thickened to MNIST_STROKE
 THICK_STROKE = 0.24  # thicker than this (a marker) is thinned back to it: a just-too-thick
 # stroke changes just a little, so the output does not jump at the threshold
-MIN_CONTRAST = 0.12  # ink brighter than the background by less than this (0-1 scale): empty
+# Ink brighter than the background by less than this (0-1 scale), or by less than 8 times the
+# paper's noise: empty. 0.06, not the 0.12 it was: faint pencil and blurred thin pens on clean
+# paper (ink 0.07-0.12 above it, noise under 0.006) were called blank; blank photos with noise
+# and uneven light stay under both (the most of 400 made ones: 0.052, and under 8x noise).
+MIN_CONTRAST = 0.06
 MIN_INK_FRACTION = 0.0004  # of the image's pixels; fewer: nothing written there
 SPECK_FRACTION = 0.04  # ink blobs smaller than this fraction of the largest are noise
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger files are refused before decoding
