@@ -92,6 +92,22 @@ def test_a_faint_pencil_digit_on_clean_paper_is_found_and_blank_paper_is_not():
         preprocess.prepare_image(np.full(faint.shape, paper) + lit_unevenly + noise)
 
 
+def test_a_pen_line_one_pixel_wide_on_clean_paper_is_kept():
+    """A ballpoint's 9: a loop and a tail one pixel wide. Denoising with a median would erase
+    the tail; on clean paper nothing is denoised, and the tail stays part of the digit."""
+    gray = np.full((120, 120), 0.9)
+    rows, columns = np.mgrid[0:120, 0:120]
+    ring = np.abs(np.hypot(rows - 35, columns - 60) - 12) < 2.5
+    gray[ring] = 0.25
+    tail = np.arange(47, 105)
+    gray[tail, 71 - (tail - 47) // 6] = 0.25  # down and a little to the left
+    soft, blobs = preprocess.isolate_ink(preprocess.flatten_background(1 - gray))
+    inked = np.nonzero(blobs)[0]
+    assert inked.max() >= 100  # the tail's end
+    noisy = gray + np.random.default_rng(0).normal(0, 0.05, gray.shape)
+    assert preprocess.paper_noise(noisy) > preprocess.DENOISE_ABOVE > preprocess.paper_noise(gray)
+
+
 def test_a_thin_pen_line_is_thickened_like_mnist():
     canvas = np.zeros((300, 300), np.float32)
     canvas[40:260, 148:151] = 1.0  # a 3 px line, 220 px long: a ballpoint "1"
