@@ -35,8 +35,8 @@ THICK_STROKE = 0.24  # thicker than this (a marker) is thinned back to it: a jus
 # stroke changes just a little, so the output does not jump at the threshold
 # Ink brighter than the background by less than this (0-1 scale), or by less than 8 times the
 # paper's noise: empty. 0.06, not the 0.12 it was: faint pencil and blurred thin pens on clean
-# paper (ink 0.07-0.12 above it, noise under 0.006) were called blank; blank photos with noise
-# and uneven light stay under both (the most of 400 made ones: 0.052, and under 8x noise).
+# paper (ink 0.07-0.12 above it, noise under 0.006) were called blank; blank photos with noise,
+# uneven light, blur and JPEG stay blank (none of 400 made ones has a digit found).
 MIN_CONTRAST = 0.06
 # Paper noisier than this (robust sigma, 0-1 scale) is denoised with a 3x3 median before the ink
 # is found; cleaner paper is not: the median erases pen lines a pixel wide (a ballpoint's tail
