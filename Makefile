@@ -73,7 +73,7 @@ bench: $(VENV)/.dev data data-fashion
 	cd benchmarks && ../$(BIN)/python number_reading.py
 
 # The ready-made models shipped in src/digitlab/ready/, trained again by digitlab itself with
-# fixed seeds (~40 minutes on 2 cores), then checked against the shipped ones: same data and
+# fixed seeds (~40-50 minutes on 2 cores), then checked against the shipped ones: same data and
 # settings, test accuracy within scripts/ready_models.py's tolerance. ready-models-install
 # then ships the rebuilt ones. The reader trains on three times the numbers of its 10-minute
 # default (30 minutes: 94.5% of its test numbers read exactly, against 89.5%).
