@@ -40,7 +40,7 @@ THICK_STROKE = 0.24  # thicker than this (a marker) is thinned back to it: a jus
 MIN_CONTRAST = 0.06
 # Paper noisier than this (robust sigma, 0-1 scale) is denoised with a 3x3 median before the ink
 # is found; cleaner paper is not: the median erases pen lines a pixel wide (a ballpoint's tail
-# of a 9, the bar of a 4), and the digits that lost them were called "not a digit".
+# of a 9), and the digits that lost them were called "not a digit".
 DENOISE_ABOVE = 0.02
 MIN_INK_FRACTION = 0.0004  # of the image's pixels; fewer: nothing written there
 SPECK_FRACTION = 0.04  # ink blobs smaller than this fraction of the largest are noise
@@ -395,12 +395,17 @@ def median_3x3(image: np.ndarray) -> np.ndarray:
     return values[4]
 
 
+def _level_and_noise(values: np.ndarray) -> tuple[float, float]:
+    """The median, and 1.4826 times the median absolute deviation from it: a robust sigma,
+    which ink (well under half of the pixels) does not move."""
+    level = _quantile(values, 0.5)
+    return level, 1.4826 * _quantile(np.abs(values - level), 0.5)
+
+
 def paper_noise(image: np.ndarray) -> float:
-    """The paper's noise: 1.4826 times the median absolute deviation from the median (a robust
-    sigma; ink, well under half of the pixels, does not move it), from every 4th pixel each way
-    (a full sort cost ~1.5 ms on a written number)."""
-    sample = image[::4, ::4]
-    return 1.4826 * _quantile(np.abs(sample - _quantile(sample, 0.5)), 0.5)
+    """The paper's noise, from every 4th pixel each way (a full sort cost ~1.5 ms on a
+    written number)."""
+    return _level_and_noise(image[::4, ::4])[1]
 
 
 def isolate_ink(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -411,8 +416,7 @@ def isolate_ink(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     background, ink = smooth[smooth <= threshold], smooth[smooth > threshold]
     if ink.size == 0 or background.size == 0:
         raise EmptyImageError("no digit found: the image is blank")
-    paper = _quantile(background, 0.5)
-    noise = 1.4826 * _quantile(np.abs(background - paper), 0.5)
+    paper, noise = _level_and_noise(background)
     ink_level = _quantile(ink, 0.9)
     if ink_level - paper < max(MIN_CONTRAST, 8 * noise):
         raise EmptyImageError("no digit found: the image is blank or too faint")
