@@ -1,5 +1,5 @@
 """Every registered model kind: builds, trains a step, is saved as a run, reloads, and runs in
-the NumPy runtime exactly as in Keras."""
+the NumPy runtime exactly as in Keras; the number reader's CTC likelihood against Keras'."""
 
 from __future__ import annotations
 
@@ -90,3 +90,23 @@ def test_adding_a_kind_is_one_entry_and_the_cli_lists_it(monkeypatch):
     finally:
         monkeypatch.delitem(models.MODELS, "tiny")
         importlib.reload(cli_module)
+
+
+@pytest.mark.parametrize("digits", [[], [7], [1, 1, 3], [2, 4, 2, 4, 5, 8, 0, 9]])
+def test_ctc_log_likelihood_is_keras_ctc_loss(digits):
+    """The reader's probability of a text, summed over its alignments, against Keras' CTC
+    loss (its negative) on the same output: repeats need a blank between them, an empty text
+    is blanks only."""
+    import keras
+
+    rng = np.random.default_rng(len(digits))
+    logits = rng.normal(0, 2, (56, models.READER_CLASSES))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    target = np.zeros((1, 10), np.int32)
+    target[0, : len(digits)] = np.array(digits, np.int32) + 1
+    loss = keras.ops.ctc_loss(
+        target, np.log(probabilities)[None].astype("float32"), np.array([len(digits)]),
+        np.array([56]), mask_index=0,
+    )  # fmt: skip
+    ours = models.ctc_log_likelihood(probabilities, digits)
+    assert ours == pytest.approx(-float(np.asarray(loss)[0]), rel=1e-5)

@@ -283,7 +283,7 @@ class Predictor:
             blob_digits = [digit.image for strip in strips for digit in strip.digits]
             checked = iter(self.checker.predict_digits(np.stack(blob_digits)))
         answers = []
-        for strip, digits in zip(strips, ctc_decode(outputs), strict=True):
+        for strip, steps, digits in zip(strips, outputs, ctc_decode(outputs), strict=True):
             results = []
             for digit in digits:
                 centre = (digit.step + 0.5) * READER_STEP_PIXELS  # strip column of its step
@@ -295,7 +295,7 @@ class Predictor:
                 results.append(result)
             if checking:
                 checks = [next(checked) for _ in strip.digits]
-                results = self._checked(strip, results, checks)
+                results = self._checked(strip, steps, results, checks)
             text = "".join(result.label_name for result in results)
             answers.append(
                 NumberPrediction(
@@ -309,7 +309,11 @@ class Predictor:
         return answers
 
     def _checked(
-        self, strip: preprocess.PreparedStrip, read: list[Prediction], checks: list[np.ndarray]
+        self,
+        strip: preprocess.PreparedStrip,
+        steps: np.ndarray,
+        read: list[Prediction],
+        checks: list[np.ndarray],
     ) -> list[Prediction]:
         """The reader's digits, checked by the digit model where the blobs allow it.
 
@@ -319,7 +323,16 @@ class Predictor:
         reader, the reader knows which groups hold several). Groups of touching digits keep
         the reader's digits (a narrow 1 against its neighbour included); a group the reader
         read nothing in stays unread.
+
+        Then the blob groups read one digit each by the digit model alone (blob segmentation)
+        replace that reading if the two models find them likelier: the reader's probability
+        of either text over all its alignments (``models.ctc_log_likelihood``: its best path
+        may add a digit or lose one that its other paths read), times the digit model's
+        probabilities of the digits it read alone in a group. Groups of touching digits are
+        one wrong digit to segmentation, which the reader finds unlikely.
         """
+        from digitlab.models import ctc_log_likelihood
+
         groups = strip.digits
         if not groups:
             return read
@@ -336,7 +349,7 @@ class Predictor:
         for result in read:
             nearest = min(range(len(groups)), key=lambda g: distance(result, groups[g]))
             in_group[nearest].append(result)
-        results = []
+        results, checked_digits = [], []
         for group, found, check in zip(groups, in_group, checks, strict=True):
             if len(found) != 1:
                 results.extend(found)
@@ -346,7 +359,24 @@ class Predictor:
             result = self.result_for(group.image, combined)
             result.x = group.centre_x
             results.append(result)
-        return results
+            checked_digits.append(float(check[result.label]))
+        segmented = [int(np.argmax(check)) for check in checks]
+        if segmented == [result.label for result in results]:
+            return results
+
+        def likelihood(labels: list[int], checked_probabilities: list[float]) -> float:
+            digit_model = np.log(np.maximum(checked_probabilities, 1e-30)).sum()
+            return ctc_log_likelihood(steps, labels) + float(digit_model)
+
+        alone = [float(check[label]) for check, label in zip(checks, segmented, strict=True)]
+        if likelihood(segmented, alone) <= likelihood([r.label for r in results], checked_digits):
+            return results
+        answers = []
+        for group, check in zip(groups, checks, strict=True):
+            answer = self.result_for(group.image, np.asarray(check, np.float64))
+            answer.x = group.centre_x
+            answers.append(answer)
+        return answers
 
     def predict_many(
         self,
