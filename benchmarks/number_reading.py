@@ -6,7 +6,10 @@ gap kinds in equal shares: "apart" (4-10 px at MNIST scale), "close" (1-3 px) an
 (0 to -3 px: neighbours overlap). Each is read as a clean strip (dark ink on white, enlarged
 3x) and as a photo (``synthetic.photograph``: a random size on a larger canvas, uneven light,
 noise, blur, tint, JPEG 40-90). A third set is numbers typed in handwriting fonts (Debian's
-fonts-* packages), photographed the same way. Every image goes through ``predict_number`` (the
+fonts-* packages), photographed the same way; a fourth, numbers of 1-6 digits written by other
+writers, pens and scanners (each of ``augment.HANDWRITING_CONDITIONS`` on every digit: low
+resolution, heavy blur, thick marker, thin pen, slant, elastic, broken and hollow strokes),
+scanned like the clean strips. Every image goes through ``predict_number`` (the
 same path as `digitlab predict --number`): with the number reader checked by the digit model
 (as `predict --number` reads), with the reader alone, and with blob segmentation and the digit
 model. Reports exact-number and per-digit accuracy by condition,
@@ -29,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from _common import write_result
-from digitlab import artifacts, datasets, evaluation, synthetic
+from digitlab import artifacts, augment, datasets, evaluation, synthetic
 from digitlab.predict import SEGMENT, Predictor
 
 GAP_KINDS = ("apart", "close", "touching")
@@ -107,6 +110,9 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=600, help="composed numbers")
     parser.add_argument("--fonts", type=int, default=48, help="numbers typed in fonts")
+    parser.add_argument(
+        "--per-writer", type=int, default=60, help="numbers of 1-6 digits per other writer"
+    )
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     rng = np.random.default_rng(arguments.seed)
@@ -136,6 +142,16 @@ def main() -> None:
         text = synthetic.random_text(int(rng.integers(1, 9)), rng)
         font = fonts[index % len(fonts)]
         cases.append(("font", text, font.stem, synthetic.photograph(typed(text, font, rng), rng)))
+    # other writers, pens and scanners: each of augment.HANDWRITING_CONDITIONS on every digit
+    # of a number (a generator of its own, so the sets above stay what they were)
+    writers_rng = np.random.default_rng([arguments.seed, 11])
+    for name, writer in augment.HANDWRITING_CONDITIONS.items():
+        for index in range(arguments.per_writer):
+            text = synthetic.random_text(int(writers_rng.integers(1, 7)), writers_rng)
+            ink = synthetic.compose(
+                text, images, pools, writers_rng, gap_kind=GAP_KINDS[index % 3], writer=writer
+            )
+            cases.append(("other_writers", text, name, clean(ink)))
 
     results = {}
     for name, predictor in readers.items():
@@ -145,7 +161,7 @@ def main() -> None:
             for condition, text, gap, image in cases
         ]  # fmt: skip
         by_condition = {}
-        for condition in ("clean", "photo", "font"):
+        for condition in ("clean", "photo", "font", "other_writers"):
             chosen = [r for r in rows if r["condition"] == condition]
             if not chosen:
                 continue
@@ -153,7 +169,9 @@ def main() -> None:
                 "all": scores(chosen)["all"],
                 "length_at_most_6": scores([r for r in chosen if r["length"] <= 6])["all"],
                 "by_length": scores(chosen, "length"),
-                "by_gap" if condition != "font" else "by_font": scores(chosen, "gap"),
+                {"font": "by_font", "other_writers": "by_writer"}.get(condition, "by_gap"): (
+                    scores(chosen, "gap")
+                ),
             }
         six = clean(synthetic.compose("190273", images, pools, rng, gap_kind="close"))
         results[name] = {

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from conftest import make_digits
-from digitlab import evaluation, models, preprocess, synthetic
+from digitlab import augment, evaluation, models, preprocess, synthetic
 from digitlab.config import IMAGE_SIDE, STRIP_MARGIN, STRIP_WIDTH
 
 
@@ -168,6 +168,33 @@ def test_shapes_include_textured_and_tall_or_wide_things():
         aspects += aspect < 0.4 or aspect > 2.5
     assert 0.3 <= textured / len(shapes) <= 0.7  # half are textured
     assert aspects >= 0.1 * len(shapes)
+
+
+def test_numbers_by_other_writers_are_scanned_and_read_back(digits, monkeypatch):
+    """The reader's numbers by other writers: every digit of such a number in the writer's
+    condition, the number scanned and prepared back as a person's image is."""
+    images, labels = make_digits(200, seed=3)
+    plain = synthetic.make_numbers(images, labels, 120, seed=5, max_length=4, workers=1)
+    assert not plain.other_writers.any()
+    monkeypatch.setattr(augment, "HANDWRITING_CONDITIONS", {"hollow": augment.hollow_strokes})
+    hollow = synthetic.make_numbers(
+        images, labels, 120, seed=5, max_length=4, workers=1, other_writers_share=1.0
+    )
+    assert hollow.other_writers.mean() >= 0.95 and not hollow.photographed.any()
+    assert all(1 <= len(text) <= 4 for text in hollow.texts)
+    assert all((strip > 128).any() for strip in hollow.strips)
+
+    # outlined strokes: per ink column, less solid ink than the same digits written plainly
+    def solid(strips: np.ndarray) -> float:
+        return float(
+            np.mean([(s > 128).sum() / max((s > 32).any(axis=0).sum(), 1) for s in strips])
+        )
+
+    assert solid(hollow.strips) < 0.8 * solid(plain.strips)
+    mixed = synthetic.make_numbers(
+        images, labels, 400, seed=6, max_length=4, workers=1, other_writers_share=0.25
+    )
+    assert 0.15 < mixed.other_writers.mean() < 0.35
 
 
 def test_hollow_digits_read_back_are_outlines_prepared_like_a_persons_images():

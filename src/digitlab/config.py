@@ -47,7 +47,8 @@ class TrainConfig:
     # per MLP epoch on 2 cores, and changes no result (the same updates, in the same order).
     steps_per_execution: int = 32
     # With augment: the share of digits given another writer's pen, scan or slant
-    # (augment.HANDWRITING_CONDITIONS), one condition each.
+    # (augment.HANDWRITING_CONDITIONS), one condition each. The number reader: the share of
+    # its numbers so written (one condition on all of a number's digits), scanned and read back.
     handwriting_share: float = 0.0
     # With augment: this many more digits, as a share of the training digits, written with
     # hollow (outlined) strokes and read back through preprocessing as a user's image is.

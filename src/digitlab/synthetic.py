@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,17 +86,23 @@ def compose(
     rng: np.random.Generator,
     style: Handwriting = HANDWRITING,
     gap_kind: str | None = None,
+    writer: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The digits of ``text``, each a random MNIST digit of that label, written side by side.
 
     (N, 28, 28) uint8 digits and their ``digit_pools`` -> (H, W) float32 ink in [0, 1], light
     on dark. ``gap_kind``
     ("apart", "close", "touching") fixes the kind of every gap; by default each is drawn.
+    ``writer``, one of ``augment.HANDWRITING_CONDITIONS``, is applied to every digit: the
+    number as another writer, pen or scanner gives it.
     """
     height = IMAGE_SIDE + 2 * int(np.ceil(style.baseline_pixels)) + 8
     pieces, gaps = [], []
     for position, character in enumerate(text):
         image = images[rng.choice(pools[int(character)])]
+        if writer is not None:
+            written = np.clip(writer(image.astype(np.float32) / 255, rng), 0, 1)
+            image = np.round(written * 255).astype(np.uint8)
         side = max(1, round(IMAGE_SIDE * rng.uniform(*style.digit_scale)))
         resized = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
         digit = np.asarray(resized, np.float32) / 255
@@ -186,6 +193,9 @@ class Numbers:
     strips: np.ndarray  # (N, 28, 224) uint8, from preprocess.fit_strip
     texts: list[str]
     photographed: np.ndarray  # (N,) bool: went through photograph() and prepare_strip()
+    # (N,) bool: written by another writer, pen or scanner (augment.HANDWRITING_CONDITIONS),
+    # scanned and read back through prepare_strip()
+    other_writers: np.ndarray
 
     def targets(self, max_length: int) -> np.ndarray:
         """(N, max_length) int32: digit d as d + 1, padded with 0 (CTC's blank)."""
@@ -236,27 +246,39 @@ def _share_source(images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _numbers_chunk(task: tuple) -> tuple:
-    from digitlab import preprocess
+    from digitlab import augment, preprocess
 
-    count, seed, max_length, photo_share, min_length, style = task
+    count, seed, max_length, photo_share, other_writers_share, min_length, style = task
     images, pools = _SOURCE
+    writers = list(augment.HANDWRITING_CONDITIONS.values())
     rng = np.random.default_rng(seed)
     strips = np.zeros((count, IMAGE_SIDE, STRIP_WIDTH), np.uint8)
-    texts, photographed = [], np.zeros(count, bool)
+    texts = []
+    photographed, other_writer = np.zeros(count, bool), np.zeros(count, bool)
     for index in range(count):
         text = random_text(int(rng.integers(min_length, max_length + 1)), rng, style)
-        ink = compose(text, images, pools, rng, style)
-        if rng.random() < photo_share:
-            try:  # small photos: cheaper to make, and the hardest to read
-                photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
-                strips[index] = preprocess.prepare_strip(photo, with_digits=False).image
-                photographed[index] = True
-            except preprocess.ImageError:  # too faint once photographed: use it clean
+        # drawn only when asked for, so numbers made without other writers stay as they were
+        if other_writers_share and rng.random() < other_writers_share:
+            writer = writers[int(rng.integers(len(writers)))]
+            ink = compose(text, images, pools, rng, style, writer=writer)
+            try:  # scanned and read back, as a user's image of it is prepared
+                strips[index] = preprocess.prepare_strip(scanned(ink), with_digits=False).image
+                other_writer[index] = True
+            except preprocess.ImageError:  # a writer's strokes too broken to find: clean
                 strips[index] = preprocess.fit_strip(ink)[0]
         else:
-            strips[index] = preprocess.fit_strip(ink)[0]
+            ink = compose(text, images, pools, rng, style)
+            if rng.random() < photo_share:
+                try:  # small photos: cheaper to make, and the hardest to read
+                    photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
+                    strips[index] = preprocess.prepare_strip(photo, with_digits=False).image
+                    photographed[index] = True
+                except preprocess.ImageError:  # too faint once photographed: use it clean
+                    strips[index] = preprocess.fit_strip(ink)[0]
+            else:
+                strips[index] = preprocess.fit_strip(ink)[0]
         texts.append(text)
-    return strips, texts, photographed
+    return strips, texts, photographed, other_writer
 
 
 TEST_NUMBERS = 2_000  # a number reader's test: composed from MNIST's test digits
@@ -280,26 +302,32 @@ def make_numbers(
     min_length: int = 1,
     workers: int | None = None,
     style: Handwriting = HANDWRITING,
+    other_writers_share: float = 0.0,
 ) -> Numbers:
     """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``
-    in ``style``, ``photo_share`` of them photographed and read back as a person's photo would
-    be.
+    in ``style``; ``other_writers_share`` of them written by another writer, pen or scanner
+    (one of ``augment.HANDWRITING_CONDITIONS`` on each of their digits: hollow strokes, blur,
+    low resolution...), scanned and read back; ``photo_share`` of the others photographed and
+    read back as a person's photo would be.
 
     Spread over one process per core (a number takes ~2 ms, ~10 ms photographed); the same
     ``seed`` gives the same numbers whatever the number of workers.
     """
     seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
     tasks = [
-        (min(CHUNK, count - start), chunk_seed, max_length, photo_share, min_length, style)
+        (min(CHUNK, count - start), chunk_seed, max_length, photo_share, other_writers_share,
+         min_length, style)
         for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)
-    ]
+    ]  # fmt: skip
     parts = _in_workers(_numbers_chunk, tasks, workers, _share_source, (images, labels))
     if not parts:
-        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], np.zeros(0, bool))
+        none = np.zeros(0, bool)
+        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], none, none)
     return Numbers(
         np.concatenate([part[0] for part in parts]),
         [text for part in parts for text in part[1]],
         np.concatenate([part[2] for part in parts]),
+        np.concatenate([part[3] for part in parts]),
     )
 
 
@@ -544,11 +572,13 @@ def photographed_digits(
 SCAN_SIDE = 112  # px: a digit drawn 4x MNIST's size, as robustness.py scans its conditions
 
 
-def scanned(digit: np.ndarray, side: int = SCAN_SIDE) -> np.ndarray:
-    """A (28, 28) float digit in [0, 1] -> dark ink on white paper at ``side`` px, uint8."""
-    ink = Image.fromarray(np.clip(digit, 0, 1).astype(np.float32), "F")
-    ink = np.asarray(ink.resize((side, side), Image.Resampling.BICUBIC))
-    return (255 - np.clip(ink, 0, 1) * 255).astype(np.uint8)
+def scanned(ink: np.ndarray, scale: float = SCAN_SIDE / IMAGE_SIDE) -> np.ndarray:
+    """Float ink in [0, 1], light on dark, at MNIST's scale (a (28, 28) digit, a composed
+    number) -> dark ink on white paper ``scale`` times as large (a digit: SCAN_SIDE px), uint8."""
+    height, width = ink.shape
+    paper = Image.fromarray(np.clip(ink, 0, 1).astype(np.float32), "F")
+    paper = paper.resize((round(width * scale), round(height * scale)), Image.Resampling.BICUBIC)
+    return (255 - np.clip(np.asarray(paper), 0, 1) * 255).astype(np.uint8)
 
 
 def _hollow_chunk(task: tuple[np.ndarray, np.random.SeedSequence]) -> list:
