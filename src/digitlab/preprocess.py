@@ -38,9 +38,8 @@ THICK_STROKE = 0.24  # thicker than this (a marker) is thinned back to it: a jus
 # paper (ink 0.07-0.12 above it, noise under 0.006) were called blank; blank photos with noise,
 # uneven light, blur and JPEG stay blank (none of 400 made ones has a digit found).
 MIN_CONTRAST = 0.06
-# Paper noisier than this (robust sigma, 0-1 scale) is denoised with a 3x3 median before the ink
-# is found; cleaner paper is not: the median erases pen lines a pixel wide (a ballpoint's tail
-# of a 9), and the digits that lost them were called "not a digit".
+# Paper noisier than this (robust sigma, 0-1 scale) is smoothed (``smooth_3x3``) before the ink
+# is found; cleaner paper is left as it is.
 DENOISE_ABOVE = 0.02
 MIN_INK_FRACTION = 0.0004  # of the image's pixels; fewer: nothing written there
 SPECK_FRACTION = 0.04  # ink blobs smaller than this fraction of the largest are noise
@@ -374,25 +373,16 @@ def _otsu_threshold(values: np.ndarray) -> float:
     return float(centres[np.argmax(between)])
 
 
-# Devillard's median-of-9 network ("Fast median search", 1998): 19 compare-exchanges of the
-# 3x3 neighbourhood's nine values, after which the fifth is the median.
-MEDIAN_OF_9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
-               (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))  # fmt: skip
+BINOMIAL_3 = (0.25, 0.5, 0.25)
 
 
-def median_3x3(image: np.ndarray) -> np.ndarray:
-    """``ndimage.median_filter(image, size=3)``, the same values, 5x faster: the network above
-    run on the nine shifted copies of the whole image at once (scipy sorts each pixel's
-    neighbourhood: 3.8 ms of a 6-digit number's ~18 ms, measured; this takes 0.7 ms)."""
-    height, width = image.shape
-    padded = np.pad(image, 1, mode="symmetric")  # scipy's default edge ("reflect")
-    values = [padded[y : y + height, x : x + width].copy() for y in range(3) for x in range(3)]
-    spare = np.empty_like(values[0])
-    for low, high in MEDIAN_OF_9:
-        np.minimum(values[low], values[high], out=spare)
-        np.maximum(values[low], values[high], out=values[high])
-        values[low], spare = spare, values[low]
-    return values[4]
+def smooth_3x3(image: np.ndarray) -> np.ndarray:
+    """The 3x3 binomial filter ([1 2 1] / 4 down and across): the paper's noise falls to 0.375
+    of its sigma and a pen line a pixel wide keeps half its depth. (A 3x3 median, used before,
+    erased such lines on noisy paper: measured on benchmarks/not_a_digit.py's 2,000
+    photographed digits, 26 called "not a digit" with it, 23 with this.)"""
+    across = ndimage.correlate1d(image, BINOMIAL_3, axis=1, mode="reflect")
+    return ndimage.correlate1d(across, BINOMIAL_3, axis=0, mode="reflect")
 
 
 def _level_and_noise(values: np.ndarray) -> tuple[float, float]:
@@ -411,7 +401,7 @@ def paper_noise(image: np.ndarray) -> float:
 def isolate_ink(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Denoise and keep the ink: (soft ink in [0, 1], labelled ink blobs), or EmptyImageError."""
     noisy = min(flat.shape) >= 32 and paper_noise(flat) >= DENOISE_ABOVE
-    smooth = median_3x3(flat) if noisy else flat
+    smooth = smooth_3x3(flat) if noisy else flat
     threshold = _otsu_threshold(smooth)
     background, ink = smooth[smooth <= threshold], smooth[smooth > threshold]
     if ink.size == 0 or background.size == 0:
