@@ -103,7 +103,9 @@ def test_blob_groups_read_alone_win_where_the_reader_finds_them_likelier_too():
     output = reader_output({3: {6: 1.0}, 4: {6: 0.30, 7: 0.36}, 10: {3: 1.0}})
     output[0, 4, 0] = 0.34
     reader = Predictor(
-        lambda strips: output, (IMAGE_SIDE, STRIP_WIDTH, 1), manifest={"reads": "number"}
+        lambda strips: np.repeat(output, len(strips), axis=0),
+        (IMAGE_SIDE, STRIP_WIDTH, 1),
+        manifest={"reads": "number"},
     )
     assert reader.read_strips([strip])[0].text == "673"
     reader.checker = Predictor(

@@ -110,3 +110,25 @@ def test_ctc_log_likelihood_is_keras_ctc_loss(digits):
     )  # fmt: skip
     ours = models.ctc_log_likelihood(probabilities, digits)
     assert ours == pytest.approx(-float(np.asarray(loss)[0]), rel=1e-5)
+
+
+def test_the_reader_reads_each_strip_as_given_and_a_row_up_and_down_averaged():
+    strips = np.zeros((2, 28, 224, 1), np.float32)
+    strips[0, 4:24, 10:30] = 1.0  # a number fills the middle 20 rows
+    strips[1, 4:24, 50:60] = 0.5
+    rows = np.arange(28, dtype=np.float32)[None, :, None, None]
+    seen = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch)
+        centre = (batch * rows).sum(axis=(1, 2, 3)) / batch.sum(axis=(1, 2, 3))
+        return np.broadcast_to(centre[:, None, None], (len(batch), 56, 11)).copy()
+
+    averaged = models.read_steps(forward, strips)
+    [batch] = seen  # one call: every strip in each of the shifts
+    assert len(batch) == len(models.READER_ROW_SHIFTS) * len(strips)
+    np.testing.assert_allclose(batch.sum(axis=(1, 2, 3)), np.tile(strips.sum(axis=(1, 2, 3)), 3))
+    centres = forward(batch)[:, 0, 0].reshape(3, 2)
+    np.testing.assert_allclose(centres[:, 0], [13.5 + r for r in models.READER_ROW_SHIFTS])
+    assert averaged.shape == (2, 56, 11)
+    np.testing.assert_allclose(averaged[:, 0, 0], [13.5, 13.5])

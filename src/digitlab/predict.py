@@ -269,13 +269,13 @@ class Predictor:
     def read_strips(self, strips: list[preprocess.PreparedStrip]) -> list[NumberPrediction]:
         """The number reader on prepared strips -> one NumberPrediction each."""
         from digitlab.config import STRIP_WIDTH
-        from digitlab.models import READER_STEP_PIXELS, ctc_decode
+        from digitlab.models import READER_STEP_PIXELS, ctc_decode, read_steps
 
         if not strips:
             return []
         inputs = np.stack([strip.image for strip in strips])[..., None].astype(np.float32) / 255
         outputs = np.concatenate(
-            [np.asarray(self.forward(inputs[start : start + BATCH_SIZE]))
+            [read_steps(self.forward, inputs[start : start + BATCH_SIZE])
              for start in range(0, len(inputs), BATCH_SIZE)]
         )  # fmt: skip
         checking = self.checker is not None and any(strip.digits for strip in strips)

@@ -200,9 +200,13 @@ def augmented_batches(
 
 
 def read_numbers(model: keras.Model, strips: np.ndarray) -> tuple[list[str], list[float]]:
-    """(N, 28, 224) uint8 strips -> what the reader reads in each, and how sure it is."""
+    """(N, 28, 224) uint8 strips -> what the reader reads in each, and how sure it is (as
+    ``Predictor.read_strips`` reads, without the digit model's check)."""
     inputs = strips[..., None].astype("float32") / 255
-    probabilities = model.predict(inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE // 4)
+    probabilities = models.read_steps(
+        lambda shifted: model.predict(shifted, verbose=0, batch_size=EVALUATE_BATCH_SIZE // 4),
+        inputs,
+    )
     numbers = models.ctc_decode(probabilities)
     readings = ["".join(str(digit.label) for digit in number) for number in numbers]
     confidences = [
