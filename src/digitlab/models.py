@@ -283,7 +283,7 @@ def ctc_decode(probabilities: np.ndarray) -> list[list[ReadDigit]]:
     return numbers
 
 
-# The reader reads each strip three times, as given and moved a pixel up and down, and its
+# The reader reads each strip three times, as given and moved a row up and down, and its
 # per-step probabilities are averaged. Measured with the shipped pair on
 # benchmarks/number_reading.py's numbers (and on another 600 + 96 made with seed 1): clean
 # numbers of up to 6 digits 96.2% -> 96.7% exact (94.5% -> 96.1%), photographed 93.0% -> 93.3%

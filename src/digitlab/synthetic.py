@@ -257,26 +257,22 @@ def _numbers_chunk(task: tuple) -> tuple:
     photographed, other_writer = np.zeros(count, bool), np.zeros(count, bool)
     for index in range(count):
         text = random_text(int(rng.integers(min_length, max_length + 1)), rng, style)
-        # drawn only when asked for, so numbers made without other writers stay as they were
+        writer = None  # drawn only when asked for: numbers made without stay as they were
         if other_writers_share and rng.random() < other_writers_share:
             writer = writers[int(rng.integers(len(writers)))]
-            ink = compose(text, images, pools, rng, style, writer=writer)
-            try:  # scanned and read back, as a user's image of it is prepared
+        ink = compose(text, images, pools, rng, style, writer=writer)
+        try:
+            if writer is not None:  # scanned and read back, as a user's image of it is prepared
                 strips[index] = preprocess.prepare_strip(scanned(ink), with_digits=False).image
                 other_writer[index] = True
-            except preprocess.ImageError:  # a writer's strokes too broken to find: clean
-                strips[index] = preprocess.fit_strip(ink)[0]
-        else:
-            ink = compose(text, images, pools, rng, style)
-            if rng.random() < photo_share:
-                try:  # small photos: cheaper to make, and the hardest to read
-                    photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
-                    strips[index] = preprocess.prepare_strip(photo, with_digits=False).image
-                    photographed[index] = True
-                except preprocess.ImageError:  # too faint once photographed: use it clean
-                    strips[index] = preprocess.fit_strip(ink)[0]
+            elif rng.random() < photo_share:  # small photos: cheap to make, the hardest to read
+                photo = photograph(ink, rng, height=int(rng.integers(28, 65)))
+                strips[index] = preprocess.prepare_strip(photo, with_digits=False).image
+                photographed[index] = True
             else:
                 strips[index] = preprocess.fit_strip(ink)[0]
+        except preprocess.ImageError:  # too faint or broken once so written: use it clean
+            strips[index] = preprocess.fit_strip(ink)[0]
         texts.append(text)
     return strips, texts, photographed, other_writer
 
