@@ -73,15 +73,16 @@ bench: $(VENV)/.dev data data-fashion
 	cd benchmarks && ../$(BIN)/python number_reading.py
 
 # The ready-made models shipped in src/digitlab/ready/, trained again by digitlab itself with
-# fixed seeds (~40-50 minutes on 2 cores), then checked against the shipped ones: same data and
+# fixed seeds (about an hour on 2 cores), then checked against the shipped ones: same data and
 # settings, test accuracy within scripts/ready_models.py's tolerance. ready-models-install
-# then ships the rebuilt ones. The reader trains on three times the numbers of its 10-minute
-# default (30 minutes: 94.5% of its test numbers read exactly, against 89.5%).
+# then ships the rebuilt ones. The reader is three readers (--members 3: seeds 0, 1, 2), each
+# trained on three times the numbers of its 10-minute default (about 13 minutes each on an
+# AMD EPYC; see README.md for what each step gained).
 READY_RUNS := build/ready-runs
 ready-models: $(VENV)/.dev data system-packages
 	rm -rf $(READY_RUNS)
 	DIGITLAB_RUNS=$(READY_RUNS) $(BIN)/digitlab train --model cnn --seed 0
-	DIGITLAB_RUNS=$(READY_RUNS) $(BIN)/digitlab train --model reader --seed 0 --numbers 120000
+	DIGITLAB_RUNS=$(READY_RUNS) $(BIN)/digitlab train --model reader --seed 0 --numbers 120000 --members 3
 	$(BIN)/python scripts/ready_models.py check $(READY_RUNS)
 
 ready-models-install:

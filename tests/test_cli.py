@@ -177,6 +177,9 @@ def test_data_info_for_a_folder(tiny_folder):
         (["train", "--epochs", "0"], "0 is not in the range"),
         (["train", "--validation-split", "1.5"], "1.5 is not in the range"),
         (["train", "--model", "resnet"], "Invalid value for '--model'"),
+        (["train", "--members", "2"], "--members only goes with a number reader"),
+        (["train", "--model", "reader", "--members", "0"], "0 is not in the range"),
+        (["train", "--numbers", "9"], "--numbers only goes with a number reader"),
         (["data", "fetch", "--dataset", "mnist", "--from", "/nonexistent"], None),
     ],
 )

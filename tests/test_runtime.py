@@ -89,3 +89,44 @@ def test_what_numpy_cannot_run_is_left_to_keras(build):
     else:
         model = keras.Sequential([keras.Input((4,)), layers.ReLU(negative_slope=0.1)])
     assert runtime.export(model) is None
+
+
+def test_readers_side_by_side_give_each_ones_output_in_keras_numpy_and_onnx():
+    """``models.reader_ensemble``: grouped convolutions hold each reader in its own channels;
+    Keras, the NumPy runtime and ONNX all give each reader's own output, side by side."""
+    import keras
+    import onnxruntime
+
+    from digitlab import export, models
+
+    rng = np.random.default_rng(3)
+    readers = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        readers.append(models.build_reader())
+        randomise_batch_norm(readers[-1], rng)
+    inputs = rng.uniform(0, 1, (4, 28, 224, 1)).astype("float32")
+    alone = [reader.predict(inputs, verbose=0) for reader in readers]
+    assert np.abs(alone[0] - alone[1]).max() > 0.05  # two different readers
+    ensemble = models.reader_ensemble(readers)
+    assert ensemble.count_params() == 2 * readers[0].count_params()
+    expected, actual = keras_and_numpy(ensemble, inputs)
+    np.testing.assert_allclose(models.member_steps(expected), np.stack(alone, axis=1), atol=1e-6)
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+    exported = runtime.export(ensemble)
+    specs = __import__("json").loads(str(exported.pop("spec")))
+    onnx_model = export.onnx_model(runtime.NumpyModel(specs, exported), (28, 224, 1), "readers")
+    session = onnxruntime.InferenceSession(onnx_model.SerializeToString())
+    (from_onnx,) = session.run(None, {export.INPUT_NAME: inputs})
+    np.testing.assert_allclose(from_onnx, expected, atol=1e-5)
+
+
+def test_a_grouped_convolution_whose_channels_do_not_split_is_refused_at_load(tmp_path):
+    from digitlab import DigitlabError
+
+    weights = {"0/0": np.zeros((3, 3, 1, 4), np.float32)}  # 1 channel cannot split in 2 groups
+    spec = [{"kind": "Conv2D", "activation": "linear", "strides": [1, 1], "padding": "same",
+             "groups": 2, "weights": 1}]  # fmt: skip
+    np.savez(tmp_path / "inference.npz", spec=np.array(__import__("json").dumps(spec)), **weights)
+    with pytest.raises(DigitlabError, match="do not fit together"):
+        runtime.NumpyModel.load(tmp_path / "inference.npz", (8, 8, 1))

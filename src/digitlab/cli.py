@@ -216,6 +216,14 @@ def _shown_default(value) -> str:
     help="reader only: how many numbers to compose and train on (fewer: faster, less exact) "
     f"[default: {models.get('reader').default('numbers'):,}].",
 )
+@click.option(
+    "--members",
+    default=None,
+    type=click.IntRange(min=1, max=8),
+    help="reader only: train this many readers (seeds SEED, SEED+1, ...), each as long as one, "
+    "and join them into one model that reads every number with all of them and answers "
+    "what they find likeliest together (the ready-made reader has 3) [default: 1].",
+)
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
 @click.option(
     "--distributed",
@@ -252,6 +260,7 @@ def train(
     early_stopping: int | None,
     augment: bool | None,
     numbers: int | None,
+    members: int | None,
     summary: bool,
     distributed: bool,
     coordinator: str | None,
@@ -276,9 +285,11 @@ def train(
         early_stopping=early_stopping,
         augment=augment,
         numbers=numbers,
+        members=members,
     )
-    if numbers is not None and models.get(model).reads != "number":
-        raise click.UsageError("--numbers only goes with a number reader (--model reader)")
+    for name, value in (("--numbers", numbers), ("--members", members)):
+        if value is not None and models.get(model).reads != "number":
+            raise click.UsageError(f"{name} only goes with a number reader (--model reader)")
     if not distributed and (coordinator or num_processes or process_id is not None):
         raise click.UsageError(
             "--coordinator, --num-processes and --process-id go with --distributed"

@@ -101,7 +101,12 @@ def _conv(graph: _Graph, spec: dict, weights: list, shape: tuple) -> None:
     if len(weights) > 1:
         inputs.append(graph.constant(weights[1]))
     graph.add(
-        "Conv", inputs, kernel_shape=list(kernel.shape[:2]), strides=spec["strides"], pads=pads
+        "Conv",
+        inputs,
+        kernel_shape=list(kernel.shape[:2]),
+        strides=spec["strides"],
+        pads=pads,
+        group=spec.get("groups", 1),  # a reader of several members (models.reader_ensemble)
     )
     graph.activation(spec["activation"])
 

@@ -14,12 +14,16 @@ import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitlab import DigitlabError, artifacts, preprocess, runtime
 from digitlab.config import DIGIT_LABELS, IMAGE_SIDE
 from digitlab.preprocess import ImageError
+
+if TYPE_CHECKING:
+    from digitlab.models import ReadDigit
 
 BATCH_SIZE = 256  # digits per model call when predicting many images
 CHUNK = 2048  # images prepared at once by predict_many: bounds memory on huge folders
@@ -267,35 +271,44 @@ class Predictor:
         return self._number(preprocess.prepare_number(image))
 
     def read_strips(self, strips: list[preprocess.PreparedStrip]) -> list[NumberPrediction]:
-        """The number reader on prepared strips -> one NumberPrediction each."""
-        from digitlab.config import STRIP_WIDTH
-        from digitlab.models import READER_STEP_PIXELS, ctc_decode, read_steps
+        """The number reader on prepared strips -> one NumberPrediction each.
+
+        Each member of the reader (``models.build_reader(members)``) reads the strip, each
+        reading checked by the digit model (``_checked``); where they differ, the one that
+        all members and the digit model together find likeliest (``_support``) is the answer.
+        """
+        from digitlab.models import ctc_decode, member_steps, read_steps
 
         if not strips:
             return []
         inputs = np.stack([strip.image for strip in strips])[..., None].astype(np.float32) / 255
-        outputs = np.concatenate(
+        outputs = member_steps(np.concatenate(
             [read_steps(self.forward, inputs[start : start + BATCH_SIZE])
              for start in range(0, len(inputs), BATCH_SIZE)]
-        )  # fmt: skip
+        ))  # fmt: skip
         checking = self.checker is not None and any(strip.digits for strip in strips)
         if checking:
             blob_digits = [digit.image for strip in strips for digit in strip.digits]
             checked = iter(self.checker.predict_digits(np.stack(blob_digits)))
         answers = []
-        for strip, steps, digits in zip(strips, outputs, ctc_decode(outputs), strict=True):
-            results = []
-            for digit in digits:
-                centre = (digit.step + 0.5) * READER_STEP_PIXELS  # strip column of its step
-                left = int(np.clip(round(centre) - IMAGE_SIDE // 2, 0, STRIP_WIDTH - IMAGE_SIDE))
-                result = self.result_for(
-                    strip.image[:, left : left + IMAGE_SIDE], digit.probabilities
+        for strip, members in zip(strips, outputs, strict=True):
+            checks = [next(checked) for _ in strip.digits] if checking else []
+            readings = []
+            for steps in members:
+                results = [
+                    self._read_digit(strip, steps, digit) for digit in ctc_decode(steps[None])[0]
+                ]
+                readings.append(
+                    self._checked(strip, members, results, checks) if checks else results
                 )
-                result.x = strip.source_x(centre)
-                results.append(result)
-            if checking:
-                checks = [next(checked) for _ in strip.digits]
-                results = self._checked(strip, steps, results, checks)
+            texts = {tuple(result.label for result in reading) for reading in readings}
+            results = (
+                readings[0]
+                if len(texts) == 1
+                else max(
+                    readings, key=lambda reading: self._support(strip, members, reading, checks)
+                )
+            )
             text = "".join(result.label_name for result in results)
             answers.append(
                 NumberPrediction(
@@ -308,10 +321,65 @@ class Predictor:
             )
         return answers
 
+    def _read_digit(
+        self, strip: preprocess.PreparedStrip, steps: np.ndarray, digit: ReadDigit
+    ) -> Prediction:
+        """A digit the reader read at one of its steps -> its Prediction: the 28 strip columns
+        around that step as its input, and where it lies in the source image."""
+        from digitlab.config import STRIP_WIDTH
+        from digitlab.models import READER_STEP_PIXELS
+
+        centre = (digit.step + 0.5) * READER_STEP_PIXELS  # strip column of its step
+        left = int(np.clip(round(centre) - IMAGE_SIDE // 2, 0, STRIP_WIDTH - IMAGE_SIDE))
+        result = self.result_for(strip.image[:, left : left + IMAGE_SIDE], digit.probabilities)
+        result.x = strip.source_x(centre)
+        return result
+
+    @staticmethod
+    def _in_groups(groups: list[preprocess.PreparedDigit], read: list[Prediction]) -> list[list]:
+        """Each digit read goes to the blob group it lies in (else the nearest): per group, the
+        indices of its digits in ``read``."""
+
+        def distance(result: Prediction, group: preprocess.PreparedDigit) -> float:
+            left, right = group.box[0], group.box[2]
+            return (
+                0.0
+                if left <= result.x < right
+                else min(abs(result.x - left), abs(result.x - right)) + 1
+            )
+
+        in_group: list[list[int]] = [[] for _ in groups]
+        for index, result in enumerate(read):
+            nearest = min(range(len(groups)), key=lambda g: distance(result, groups[g]))
+            in_group[nearest].append(index)
+        return in_group
+
+    def _support(
+        self,
+        strip: preprocess.PreparedStrip,
+        members: np.ndarray,
+        reading: list[Prediction],
+        checks: list[np.ndarray],
+    ) -> float:
+        """How likely a reading is to the reader and the digit model together: the reader's
+        probability of its text over all alignments, by every member
+        (``models.readers_log_likelihood``), times the digit model's probabilities of the
+        digits it reads alone in a blob group (``checks``: the digit model's output for each
+        group; none: the reader alone)."""
+        from digitlab.models import readers_log_likelihood
+
+        labels = [result.label for result in reading]
+        digit_model = 0.0
+        if checks:
+            for group, found in zip(checks, self._in_groups(strip.digits, reading), strict=True):
+                if len(found) == 1:
+                    digit_model += float(np.log(max(group[labels[found[0]]], 1e-30)))
+        return readers_log_likelihood(members, labels) + digit_model
+
     def _checked(
         self,
         strip: preprocess.PreparedStrip,
-        steps: np.ndarray,
+        members: np.ndarray,
         read: list[Prediction],
         checks: list[np.ndarray],
     ) -> list[Prediction]:
@@ -325,58 +393,36 @@ class Predictor:
         read nothing in stays unread.
 
         Then the blob groups read one digit each by the digit model alone (blob segmentation)
-        replace that reading if the two models find them likelier: the reader's probability
-        of either text over all its alignments (``models.ctc_log_likelihood``: its best path
-        may add a digit or lose one that its other paths read), times the digit model's
-        probabilities of the digits it read alone in a group. Groups of touching digits are
-        one wrong digit to segmentation, which the reader finds unlikely.
+        replace that reading if the two models find them likelier (``_support``): the reader's
+        probability of either text over all its alignments (its best path may add a digit or
+        lose one that its other paths read), times the digit model's probabilities of the
+        digits it read alone in a group. Groups of touching digits are one wrong digit to
+        segmentation, which the reader finds unlikely.
         """
-        from digitlab.models import ctc_log_likelihood
-
         groups = strip.digits
         if not groups:
             return read
-
-        def distance(result: Prediction, group: preprocess.PreparedDigit) -> float:
-            left, right = group.box[0], group.box[2]
-            return (
-                0.0
-                if left <= result.x < right
-                else min(abs(result.x - left), abs(result.x - right)) + 1
-            )
-
-        in_group: list[list[Prediction]] = [[] for _ in groups]
-        for result in read:
-            nearest = min(range(len(groups)), key=lambda g: distance(result, groups[g]))
-            in_group[nearest].append(result)
-        results, checked_digits = [], []
-        for group, found, check in zip(groups, in_group, checks, strict=True):
+        results = []
+        for group, found, check in zip(groups, self._in_groups(groups, read), checks, strict=True):
             if len(found) != 1:
-                results.extend(found)
+                results.extend(read[index] for index in found)
                 continue
-            combined = np.asarray(check, np.float64) * np.asarray(found[0].probabilities)
+            combined = np.asarray(check, np.float64) * np.asarray(read[found[0]].probabilities)
             combined = combined / max(float(combined.sum()), 1e-12)
             result = self.result_for(group.image, combined)
             result.x = group.centre_x
             results.append(result)
-            checked_digits.append(float(check[result.label]))
-        segmented = [int(np.argmax(check)) for check in checks]
-        if segmented == [result.label for result in results]:
-            return results
-
-        def likelihood(labels: list[int], checked_probabilities: list[float]) -> float:
-            digit_model = np.log(np.maximum(checked_probabilities, 1e-30)).sum()
-            return ctc_log_likelihood(steps, labels) + float(digit_model)
-
-        alone = [float(check[label]) for check, label in zip(checks, segmented, strict=True)]
-        if likelihood(segmented, alone) <= likelihood([r.label for r in results], checked_digits):
-            return results
-        answers = []
+        segmented = []
         for group, check in zip(groups, checks, strict=True):
             answer = self.result_for(group.image, np.asarray(check, np.float64))
             answer.x = group.centre_x
-            answers.append(answer)
-        return answers
+            segmented.append(answer)
+        if [r.label for r in segmented] == [r.label for r in results]:
+            return results
+        better = self._support(strip, members, segmented, checks) > self._support(
+            strip, members, results, checks
+        )
+        return segmented if better else results
 
     def predict_many(
         self,

@@ -138,19 +138,32 @@ def _describe_conv(layer, config: dict) -> dict | None:
         config["activation"] not in ACTIVATIONS
         or config["data_format"] != "channels_last"
         or tuple(config["dilation_rate"]) != (1, 1)
-        or config.get("groups", 1) != 1
     ):
         return None
+    groups = config.get("groups", 1)
     return {
         "activation": config["activation"],
         "strides": list(config["strides"]),
         "padding": config["padding"],
+        **({"groups": groups} if groups != 1 else {}),
     }
 
 
 @layer_kind("Conv2D", "Conv2D")(_describe_conv)
 def _conv(x, spec, weights):
-    x = _conv2d(x, weights[0], spec["strides"], spec["padding"])  # a new array: add in place
+    groups = spec.get("groups", 1)
+    if groups == 1:
+        x = _conv2d(x, weights[0], spec["strides"], spec["padding"])  # a new array: add in place
+    else:  # channels and filters in ``groups`` blocks, each block of filters seeing its own
+        x = np.concatenate(
+            [
+                _conv2d(part, kernel, spec["strides"], spec["padding"])
+                for part, kernel in zip(
+                    np.split(x, groups, axis=-1), np.split(weights[0], groups, axis=-1), strict=True
+                )
+            ],
+            axis=-1,
+        )
     if len(weights) > 1:
         x += weights[1]
     return ACTIVATIONS[spec["activation"]](x)

@@ -24,6 +24,8 @@ from digitlab.made import made
 if TYPE_CHECKING:
     import keras
 
+    from digitlab import synthetic
+
 EVALUATE_BATCH_SIZE = 1024  # evaluation has no updates: bigger batches, same numbers, faster
 PROBABILITY_EPSILON = 1e-7  # Keras clips probabilities so before taking the log in its loss
 
@@ -207,7 +209,7 @@ def read_numbers(model: keras.Model, strips: np.ndarray) -> tuple[list[str], lis
         lambda shifted: model.predict(shifted, verbose=0, batch_size=EVALUATE_BATCH_SIZE // 4),
         inputs,
     )
-    numbers = models.ctc_decode(probabilities)
+    numbers = [models.readers_decode(members) for members in models.member_steps(probabilities)]
     readings = ["".join(str(digit.label) for digit in number) for number in numbers]
     confidences = [
         float(np.prod([digit.probabilities[digit.label] for digit in number])) for number in numbers
@@ -235,26 +237,34 @@ def _exact_accuracy_callback(strips: np.ndarray, texts: list[str]) -> keras.call
     return ExactAccuracy()
 
 
-def train_reader(
+@dataclass
+class _Member:
+    """One reader trained: its model and how its training went."""
+
+    model: keras.Model
+    training: synthetic.Numbers  # the numbers it trained on
+    history: dict[str, list[float]]
+    epoch_seconds: list[float]
+    train_seconds: float
+    best_epoch: int | None
+    stopped_after: int | None
+
+
+def _train_member(
     config: TrainConfig,
-    data: Arrays,
-    report: Report = print,
-    verbose: int = 2,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    data_origin: str = "",
-) -> TrainResult:
-    """Compose numbers from the digits of ``data``, train the number reader on them with CTC,
-    and read the test numbers (composed from the test digits), reporting each step."""
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    report: Report,
+    verbose: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    label: str,
+    test: synthetic.Numbers,
+) -> _Member:
+    """Steps 2-4 for one reader, seeded by ``config.seed``: build it, compose its numbers, fit."""
     import keras
 
     from digitlab import synthetic
 
-    (x_train, y_train), (x_test, y_test) = data
-    _check(config, len(x_train))
-    report(
-        f"[1/6] loaded {data_origin or config.dataset}: train {x_train.shape} {x_train.dtype}, "
-        f"test {x_test.shape}: the digits the numbers are composed from"
-    )
     keras.utils.set_random_seed(config.seed)
     held_out = _validation_count(config, len(x_train))
     fit_count = len(x_train) - held_out
@@ -266,8 +276,8 @@ def train_reader(
         steps_per_execution=config.steps_per_execution,
     )
     report(
-        f"[2/6] built {model.name}: {model.count_params():,} parameters; compiled with adam"
-        f"{_describe_rate(config)}, CTC loss"
+        f"[2/6] built {model.name}{label}: {model.count_params():,} parameters; compiled with "
+        f"adam{_describe_rate(config)}, CTC loss"
     )
 
     started = time.perf_counter()
@@ -291,7 +301,6 @@ def train_reader(
         if held_out
         else None
     )
-    test = synthetic.test_numbers(x_test, y_test)
     report(
         f"[3/6] composed {len(training.texts):,} training numbers of 1-{READER_MAX_LENGTH} "
         f"digits from {fit_count:,} training digits ({config.touching_share:.0%} of their gaps "
@@ -304,12 +313,8 @@ def train_reader(
         f"{time.perf_counter() - started:.0f} s: strips {training.strips.shape[1:]} uint8, "
         "scaled to float32 in [0, 1]"
     )  # fmt: skip
-
-    def inputs(numbers: synthetic.Numbers) -> np.ndarray:
-        return numbers.strips[..., None].astype("float32") / 255  # -> (N, 28, 224, 1)
-
     fit_arguments: dict = {
-        "x": inputs(training),
+        "x": _reader_inputs(training),
         "y": training.targets(READER_MAX_LENGTH),
         "batch_size": config.batch_size,
         "epochs": config.epochs,
@@ -318,12 +323,12 @@ def train_reader(
     own_callbacks = []
     if validation:
         fit_arguments["validation_data"] = (
-            inputs(validation),
+            _reader_inputs(validation),
             validation.targets(READER_MAX_LENGTH),
         )
         own_callbacks.append(_exact_accuracy_callback(validation.strips, validation.texts))
     report(
-        f"[4/6] training {config.epochs} epochs at batch size {config.batch_size}"
+        f"[4/6] training{label} {config.epochs} epochs at batch size {config.batch_size}"
         + _describe_validation(config, held_out).replace("images", "digits")
     )
     timer, epoch_seconds = _epoch_timer()
@@ -338,34 +343,100 @@ def train_reader(
             f"      kept epoch {keep_best.best_epoch} (lowest validation loss "
             f"{keep_best.best_loss:.4f})"
         )
+    return _Member(
+        model,
+        training,
+        {key: [float(v) for v in values] for key, values in history.history.items()},
+        epoch_seconds,
+        train_seconds,
+        keep_best.best_epoch or None,
+        keep_best.stopped_after or None,
+    )
 
+
+def _reader_inputs(numbers) -> np.ndarray:
+    return numbers.strips[..., None].astype("float32") / 255  # -> (N, 28, 224, 1)
+
+
+def _reader_loss(members: list[_Member], numbers: synthetic.Numbers, count: int) -> float:
+    """CTC loss on the first ``count`` of ``numbers``: of the reader, or the mean of its
+    members' (an ensemble's output is its members' steps side by side: no loss of its own)."""
+    inputs = _reader_inputs(numbers)[:count]
+    targets = numbers.targets(READER_MAX_LENGTH)[:count]
+    return float(np.mean([member.model.evaluate(inputs, targets, verbose=0) for member in members]))
+
+
+def train_reader(
+    config: TrainConfig,
+    data: Arrays,
+    report: Report = print,
+    verbose: int = 2,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    data_origin: str = "",
+) -> TrainResult:
+    """Compose numbers from the digits of ``data``, train the number reader on them with CTC,
+    and read the test numbers (composed from the test digits), reporting each step.
+
+    With ``config.members`` > 1, that many readers, each exactly the one ``train_reader``
+    trains alone with seed ``config.seed + k`` (its own numbers and starting weights), joined
+    into one model (``models.reader_ensemble``) that reads as ``Predictor.read_strips`` does.
+    """
+    from digitlab import synthetic
+
+    (x_train, y_train), (x_test, y_test) = data
+    _check(config, len(x_train))
+    if config.members < 1:
+        raise DigitlabError("a reader needs at least 1 member")
+    report(
+        f"[1/6] loaded {data_origin or config.dataset}: train {x_train.shape} {x_train.dtype}, "
+        f"test {x_test.shape}: the digits the numbers are composed from"
+    )
+    test = synthetic.test_numbers(x_test, y_test)
+    members = []
+    for index in range(config.members):
+        label = f" (member {index + 1} of {config.members})" if config.members > 1 else ""
+        member_config = dataclasses.replace(config, seed=config.seed + index, members=1)
+        members.append(
+            _train_member(member_config, x_train, y_train, report, verbose, callbacks, label, test)
+        )
+    if len(members) == 1:
+        model = members[0].model
+    else:
+        model = models.reader_ensemble([member.model for member in members])
+        report(
+            f"      {len(members)} readers side by side in one model ({model.name}, "
+            f"{model.count_params():,} parameters), each reading every number; where they "
+            "differ, the reading they find likeliest together"
+        )
+    training = members[0].training
     readings, confidences = read_numbers(model, test.strips)
     scored = slice(0, READER_TRAIN_SCORED)
     train_readings, _ = read_numbers(model, training.strips[scored])
     test_scores = evaluation.number_scores(test.texts, readings)
     train_scores = evaluation.number_scores(training.texts[scored], train_readings)
-    test_loss = model.evaluate(inputs(test), test.targets(READER_MAX_LENGTH), verbose=0)
-    train_loss = model.evaluate(
-        inputs(training)[scored], training.targets(READER_MAX_LENGTH)[scored], verbose=0
-    )
+    test_loss = _reader_loss(members, test, len(test.texts))
+    train_loss = _reader_loss(members, training, READER_TRAIN_SCORED)
+    history = dict(members[0].history)
+    for number, member in enumerate(members[1:], start=2):
+        history.update({f"{key}_member_{number}": values for key, values in member.history.items()})
     shown = min(PREDICTIONS_SHOWN, len(test.texts))
     result = TrainResult(
         model=model,
         config=config,
-        history={key: [float(v) for v in values] for key, values in history.history.items()},
-        epoch_seconds=epoch_seconds,
-        train_seconds=train_seconds,
+        history=history,
+        epoch_seconds=[seconds for member in members for seconds in member.epoch_seconds],
+        train_seconds=sum(member.train_seconds for member in members),
         metrics={
-            "test_loss": float(test_loss),
+            "test_loss": test_loss,
             "test_accuracy": test_scores["exact"],
             "test_digit_accuracy": test_scores["digit_accuracy"],
-            "train_loss": float(train_loss),
+            "train_loss": train_loss,
             "train_accuracy": train_scores["exact"],
             "train_digit_accuracy": train_scores["digit_accuracy"],
         },
         first_confidences=confidences[:shown],
-        best_epoch=keep_best.best_epoch or None,
-        stopped_after=keep_best.stopped_after or None,
+        best_epoch=members[0].best_epoch,
+        stopped_after=members[0].stopped_after,
         numbers=evaluation.NumberEvaluation(test.strips, test.texts, readings, confidences),
     )
     report(f"[5/6] read the first {shown} test numbers:")
@@ -381,8 +452,8 @@ def train_reader(
         "training numbers)\n"
         f"      gap   {gap:+.4f} -> {evaluation.overfitting_verdict(gap)}"
     )
-    epochs = ", ".join(f"{seconds:.2f}" for seconds in epoch_seconds)
-    report(f"trained in {train_seconds:.1f} s (epochs: {epochs} s)")
+    epochs = ", ".join(f"{seconds:.2f}" for seconds in result.epoch_seconds)
+    report(f"trained in {result.train_seconds:.1f} s (epochs: {epochs} s)")
     return result
 
 
