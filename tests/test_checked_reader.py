@@ -163,3 +163,24 @@ def test_checking_reads_more_real_numbers_exactly(mnist_arrays):
     reader.checker = None
     alone = exact()
     assert checked >= 0.95 and checked >= alone + 0.0075, (checked, alone)
+
+
+def test_members_that_read_a_lone_digit_apart_are_decided_by_the_digit_model(strip):
+    """A reader of two members: one reads the lone digit 3 over 5, the other 5 over 3, equally
+    sure. Checked against a digit model torn between 3 and 5, each keeps its own reading; the
+    digit model's slight preference decides between them."""
+    read = {8: {1: 1.0}, 10: {1: 1.0}, 13: {4: 1.0}, 20: {7: 1.0}}
+    first = reader_output({3: {3: 0.6, 5: 0.4}, **read})
+    second = reader_output({3: {5: 0.6, 3: 0.4}, **read})
+    both = np.concatenate([first, second], axis=-1)  # members side by side, as the model gives
+    reader = Predictor(
+        lambda strips: np.repeat(both, len(strips), axis=0),
+        (IMAGE_SIDE, STRIP_WIDTH, 1),
+        manifest={"reads": "number", "model": "reader"},
+    )
+    others = [one_hot_ish(1, 0.99), one_hot_ish(0, 0.5), one_hot_ish(8, 0.9)]
+    for preferred, expected in ((5, "51147"), (3, "31147")):
+        torn = np.zeros(NUM_CLASSES, np.float32)
+        torn[[preferred, 8 - preferred]] = 0.55, 0.45  # 5 and 3 (8 - 5 = 3)
+        _, reader.checker = predictors([torn, *others])
+        assert reader.read_strips([strip])[0].text == expected
