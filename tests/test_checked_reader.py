@@ -140,10 +140,12 @@ def scan(ink: np.ndarray) -> Image.Image:
 @pytest.mark.slow
 def test_checking_reads_more_real_numbers_exactly(mnist_arrays):
     """The shipped reader and CNN on numbers of 2-6 MNIST test digits written apart or close:
-    the checked reading is exact more often than the reader alone (measured with the reader
-    trained on 120,000 numbers: 97.25% against 96.0% here, 97.0% with the ninth session's CNN;
-    with the reader before, trained on 40,000, 94.3% against 92.0%). The floor: three numbers
-    in 400 more."""
+    the checked reading is exact more often than the reader alone. Measured with the reader of
+    three members (thirteenth session): 97.75% against 97.25%; with one reader trained on 120,000
+    numbers: 97.25% against 96.0%; on 40,000: 94.3% against 92.0%. Three readers leave the CNN
+    less to mend in MNIST's own hands (benchmarks/number_reading.py: clean numbers the same,
+    numbers by other writers 79.8% -> 83.1%, fonts 84.4% -> 86.5%). The floor: one number more,
+    and 97% read."""
     _, (images, labels) = mnist_arrays
     pools = synthetic.digit_pools(labels)
     rng = np.random.default_rng(11)
@@ -162,7 +164,7 @@ def test_checking_reads_more_real_numbers_exactly(mnist_arrays):
     checked = exact()
     reader.checker = None
     alone = exact()
-    assert checked >= 0.95 and checked >= alone + 0.0075, (checked, alone)
+    assert checked >= 0.97 and checked > alone, (checked, alone)
 
 
 def test_members_that_read_a_lone_digit_apart_are_decided_by_the_digit_model(strip):

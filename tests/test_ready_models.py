@@ -61,6 +61,9 @@ def test_the_installed_command_names_the_options_beyond_the_defaults(ready_model
     assert ready_models._flags("reader", {"seed": 0, "config": config}) == ""
     config["numbers"] = 120_000
     assert ready_models._flags("reader", {"seed": 0, "config": config}) == " --numbers 120000"
+    config["members"] = 3
+    flags = ready_models._flags("reader", {"seed": 0, "config": config})
+    assert flags == " --numbers 120000 --members 3"
 
 
 @pytest.mark.parametrize(
