@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from digitlab import fileio
+from digitlab.manifest import run_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "src" / "digitlab" / "ready"
 KINDS = {"cnn": "latest", "reader": "latest-reader"}  # shipped folder: the runs link to it
@@ -37,6 +38,8 @@ def check(runs: Path) -> bool:
     good = True
     for kind, link in KINDS.items():
         rebuilt, shipped = _manifest(runs / link), _manifest(SHIPPED / kind)
+        for manifest in (rebuilt, shipped):  # settings added since read as their defaults
+            manifest["config"] = run_config(manifest)
         different = [key for key in SAME if rebuilt.get(key) != shipped.get(key)]
         new = rebuilt["metrics"]["test_accuracy"]
         old = shipped["metrics"]["test_accuracy"]

@@ -34,6 +34,21 @@ def test_the_check_passes_when_the_rebuilt_models_match(ready_models, tmp_path, 
     assert "cnn: rebuilt 0.99" in printed and "same data and settings" in printed
 
 
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_setting_added_since_the_shipped_model_reads_as_its_default(
+    ready_models, tmp_path, capsys, members
+):
+    """The shipped CNN was made before ``members`` existed; rebuilt now, its manifest has it."""
+    runs = rebuilt_like_shipped(ready_models, tmp_path)
+    path = runs / "latest" / "metrics.json"
+    manifest = json.loads(path.read_text())
+    assert "members" not in manifest["config"]
+    manifest["config"]["members"] = members
+    path.write_text(json.dumps(manifest))
+    assert ready_models.check(runs) == (members == 1)
+    assert ("different config" in capsys.readouterr().out) == (members != 1)
+
+
 @pytest.mark.parametrize(
     "change, reported",
     [

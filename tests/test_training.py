@@ -186,10 +186,11 @@ def test_the_ready_cnn_reaches_its_accuracy_on_real_mnist(real_mnist):
     ready-models` trains it again and checks the result). A single seed is held to the floor
     every seed must clear, 99.4%; its manifest's figure is the one measured here."""
     from digitlab import artifacts, datasets
+    from digitlab.manifest import run_config
     from digitlab.predict import Predictor
 
     predictor = Predictor.from_run(artifacts.ready_run("digit"))
-    assert predictor.manifest["config"] == models.get("cnn").config(seed=0).to_dict()
+    assert run_config(predictor.manifest) == models.get("cnn").config(seed=0).to_dict()
     _, (x_test, y_test) = datasets.to_arrays(real_mnist)
     labels = predictor.predict_digits(x_test).argmax(axis=1)
     accuracy = float(np.mean(labels == y_test))

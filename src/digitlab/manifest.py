@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from digitlab import DigitlabError
-from digitlab.config import IMAGE_SIDE, NUM_CLASSES, STRIP_WIDTH
+from digitlab.config import IMAGE_SIDE, NUM_CLASSES, STRIP_WIDTH, TrainConfig
 
 SHORT = 200  # characters in a name, a date or a label
 PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -110,3 +110,9 @@ def validate(manifest: object, path: Path | str = "metrics.json") -> dict:
         raise DigitlabError(f"{path}: field {field!r}: {reason}") from None
     except RecursionError:
         raise DigitlabError(f"{path}: nested too deeply to be a manifest") from None
+
+
+def run_config(manifest: dict) -> dict:
+    """A run's training settings. A setting digitlab gained after the run was made reads as its
+    default, which is what the run trained with (``members`` in a run from before it)."""
+    return {**TrainConfig().to_dict(), **manifest["config"]}
