@@ -322,8 +322,9 @@ def ctc_decode(probabilities: np.ndarray) -> list[list[ReadDigit]]:
 
 
 # The reader reads each strip three times, as given and moved a row up and down, and its
-# per-step probabilities are averaged. Measured with the shipped pair on
-# benchmarks/number_reading.py's numbers (and on another 600 + 96 made with seed 1): clean
+# per-step probabilities are averaged (each member's own, in a reader of several). Measured in
+# the twelfth session with the one-member reader then shipped and the CNN, on
+# benchmarks/number_reading.py's 600 numbers (and on another 600 + 96 made with seed 1): clean
 # numbers of up to 6 digits 96.2% -> 96.7% exact (94.5% -> 96.1%), photographed 93.0% -> 93.3%
 # (91.5% -> 92.8%), handwriting fonts 87.5% -> 91.7% (79.2% -> 84.4%). Moved by 4 columns (a
 # step) it gained nothing; averaging the CNN that checks it over shifts, nothing either.
