@@ -354,14 +354,15 @@ def _train_member(
     )
 
 
-def _reader_inputs(numbers) -> np.ndarray:
-    return numbers.strips[..., None].astype("float32") / 255  # -> (N, 28, 224, 1)
+def _reader_inputs(numbers: synthetic.Numbers, count: int | None = None) -> np.ndarray:
+    """The first ``count`` (default all) strips as the reader takes them: (N, 28, 224, 1)."""
+    return numbers.strips[:count, ..., None].astype("float32") / 255
 
 
 def _reader_loss(members: list[_Member], numbers: synthetic.Numbers, count: int) -> float:
     """CTC loss on the first ``count`` of ``numbers``: of the reader, or the mean of its
     members' (an ensemble's output is its members' steps side by side: no loss of its own)."""
-    inputs = _reader_inputs(numbers)[:count]
+    inputs = _reader_inputs(numbers, count)  # not all 120,000 made float first (3 GB)
     targets = numbers.targets(READER_MAX_LENGTH)[:count]
     return float(np.mean([member.model.evaluate(inputs, targets, verbose=0) for member in members]))
 
