@@ -409,6 +409,7 @@ def train_reader(
             f"{model.count_params():,} parameters), each reading every number; where they "
             "differ, the reading they find likeliest together"
         )
+    # the train figures: member 1's training numbers (the other members trained on their own)
     training = members[0].training
     readings, confidences = read_numbers(model, test.strips)
     scored = slice(0, READER_TRAIN_SCORED)
