@@ -250,3 +250,53 @@ def test_a_style_with_more_touching_gaps_keeps_the_others_proportions(digits):
         for s in (touching, synthetic.HANDWRITING.with_touching(0.0))
     ]
     assert np.mean(widths[0::2]) < np.mean(widths[1::2]) - 6
+
+
+def test_numbers_typed_in_training_fonts_are_written_at_mnist_scale(monkeypatch):
+    """A typed number: its digits about as tall as MNIST's (~20 of 28 px), each gap as
+    ``compose`` draws it, a quarter of the numbers outlined."""
+    upright = synthetic.Handwriting(slant=0.0, thin_share=0.0, thick_share=0.0, baseline_pixels=0)
+    rng = np.random.default_rng(0)
+    heights = []
+    for _ in range(40):
+        ink = synthetic.type_number("80", rng, upright)
+        rows = np.flatnonzero(ink.max(axis=1) > 0.3)
+        heights.append(rows[-1] - rows[0] + 1)
+        assert ink.shape[0] == synthetic.compose("8", *_one_digit(), rng, upright).shape[0]
+    assert 15 <= np.median(heights) <= 25
+    apart = synthetic.type_number("1111", np.random.default_rng(1), upright, "apart")
+    touching = synthetic.type_number("1111", np.random.default_rng(1), upright, "touching")
+    assert ink_columns(apart) < apart.shape[1] and ink_columns(touching) < ink_columns(apart)
+
+    def solid(outlined_share: float) -> float:  # solid ink per inked column, over many fonts
+        monkeypatch.setattr(synthetic, "OUTLINED_SHARE", outlined_share)
+        rng = np.random.default_rng(2)
+        inks = [synthetic.type_number("4096", rng, upright) for _ in range(30)]
+        return float(np.mean([(ink > 0.5).sum() / ink_columns(ink) for ink in inks]))
+
+    assert solid(1.0) < 0.8 * solid(0.0)
+
+
+def _one_digit():
+    images, labels = make_digits(10, seed=4)
+    return images, synthetic.digit_pools(labels)
+
+
+def test_make_numbers_types_its_share_in_fonts_and_is_unchanged_without(digits):
+    images, labels = make_digits(200, seed=3)
+    plain = synthetic.make_numbers(images, labels, 150, seed=5, max_length=4, workers=1)
+    unasked = synthetic.make_numbers(
+        images, labels, 150, seed=5, max_length=4, workers=1, typed_share=0.0
+    )
+    assert np.array_equal(plain.strips, unasked.strips) and not plain.typed.any()
+    mixed = synthetic.make_numbers(
+        images, labels, 400, seed=6, max_length=4, workers=1, typed_share=0.25
+    )
+    assert 0.15 < mixed.typed.mean() < 0.35
+    # every one has ink (sketched and hatched fonts come out grey at this scale)
+    assert all((strip > 64).any() for strip in mixed.strips[mixed.typed])
+    # the typed ones are photographed as often as the others (photo_share)
+    photo = synthetic.make_numbers(
+        images, labels, 300, seed=7, max_length=4, workers=1, typed_share=0.5, photo_share=0.5
+    )
+    assert 0.3 < photo.photographed[photo.typed].mean() < 0.7
