@@ -65,9 +65,6 @@ class TrainConfig:
     # and the share of the gaps between their digits that touch or overlap (the rest apart or
     # close, as synthetic.HANDWRITING splits them; its own share is 0.3)
     touching_share: float = 0.3
-    # and the share of them typed in a training font (synthetic.type_number: handwriting,
-    # script and outline styles; none of the fonts the benchmarks type numbers in)
-    typed_share: float = 0.0
     # The number reader only: readers trained (seeds seed, seed + 1, ...) and joined into one
     # model that reads with all of them (models.reader_ensemble); each adds its training time.
     members: int = 1

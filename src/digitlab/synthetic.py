@@ -96,37 +96,20 @@ def compose(
     ``writer``, one of ``augment.HANDWRITING_CONDITIONS``, is applied to every digit: the
     number as another writer, pen or scanner gives it.
     """
-    def mnist_digit(character: str) -> np.ndarray:
+    height = IMAGE_SIDE + 2 * int(np.ceil(style.baseline_pixels)) + 8
+    pieces, gaps = [], []
+    for position, character in enumerate(text):
         image = images[rng.choice(pools[int(character)])]
         if writer is not None:
             written = np.clip(writer(image.astype(np.float32) / 255, rng), 0, 1)
             image = np.round(written * 255).astype(np.uint8)
         side = max(1, round(IMAGE_SIDE * rng.uniform(*style.digit_scale)))
         resized = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
-        return np.asarray(resized, np.float32) / 255
-
-    return _write(text, mnist_digit, rng, style, gap_kind)
-
-
-def _write(
-    text: str,
-    digit: Callable[[str], np.ndarray],
-    rng: np.random.Generator,
-    style: Handwriting,
-    gap_kind: str | None,
-) -> np.ndarray:
-    """The digits of ``text``, each ``digit(character)`` (ink of a digit in a box about 28
-    px tall, as MNIST's), side by side as ``style`` writes them: gaps, baseline, slant, pen.
-    (Each digit is made before the gap that follows it: the order the numbers of earlier
-    sessions were drawn in.)"""
-    height = IMAGE_SIDE + 2 * int(np.ceil(style.baseline_pixels)) + 8
-    pieces, gaps = [], []
-    for position, character in enumerate(text):
-        piece = digit(character)
-        columns = np.flatnonzero(piece.max(axis=0) > 0.1)
+        digit = np.asarray(resized, np.float32) / 255
+        columns = np.flatnonzero(digit.max(axis=0) > 0.1)
         if columns.size:
-            piece = piece[:, columns.min() : columns.max() + 1]
-        pieces.append(piece[:height])
+            digit = digit[:, columns.min() : columns.max() + 1]
+        pieces.append(digit)
         if position:
             gaps.append(_gap(rng, style, gap_kind))
     width = sum(piece.shape[1] for piece in pieces) + sum(gaps) + 2 * height
@@ -213,7 +196,6 @@ class Numbers:
     # (N,) bool: written by another writer, pen or scanner (augment.HANDWRITING_CONDITIONS),
     # scanned and read back through prepare_strip()
     other_writers: np.ndarray
-    typed: np.ndarray  # (N,) bool: typed in a training font (type_number), not MNIST digits
 
     def targets(self, max_length: int) -> np.ndarray:
         """(N, max_length) int32: digit d as d + 1, padded with 0 (CTC's blank)."""
@@ -266,24 +248,19 @@ def _share_source(images: np.ndarray, labels: np.ndarray) -> None:
 def _numbers_chunk(task: tuple) -> tuple:
     from digitlab import augment, preprocess
 
-    count, seed, max_length, photo_share, other_writers_share, min_length, style, typed_share = task
+    count, seed, max_length, photo_share, other_writers_share, min_length, style = task
     images, pools = _SOURCE
     writers = list(augment.HANDWRITING_CONDITIONS.values())
     rng = np.random.default_rng(seed)
     strips = np.zeros((count, IMAGE_SIDE, STRIP_WIDTH), np.uint8)
     texts = []
-    photographed, other_writer, typed = (np.zeros(count, bool) for _ in range(3))
+    photographed, other_writer = np.zeros(count, bool), np.zeros(count, bool)
     for index in range(count):
         text = random_text(int(rng.integers(min_length, max_length + 1)), rng, style)
         writer = None  # drawn only when asked for: numbers made without stay as they were
         if other_writers_share and rng.random() < other_writers_share:
             writer = writers[int(rng.integers(len(writers)))]
-        # drawn only when asked for, as the writer above
-        if writer is None and typed_share and rng.random() < typed_share:
-            ink = type_number(text, rng, style)
-            typed[index] = True
-        else:
-            ink = compose(text, images, pools, rng, style, writer=writer)
+        ink = compose(text, images, pools, rng, style, writer=writer)
         try:
             if writer is not None:  # scanned and read back, as a user's image of it is prepared
                 strips[index] = preprocess.prepare_strip(scanned(ink), with_digits=False).image
@@ -297,7 +274,7 @@ def _numbers_chunk(task: tuple) -> tuple:
         except preprocess.ImageError:  # too faint or broken once so written: use it clean
             strips[index] = preprocess.fit_strip(ink)[0]
         texts.append(text)
-    return strips, texts, photographed, other_writer, typed
+    return strips, texts, photographed, other_writer
 
 
 TEST_NUMBERS = 2_000  # a number reader's test: composed from MNIST's test digits
@@ -322,14 +299,12 @@ def make_numbers(
     workers: int | None = None,
     style: Handwriting = HANDWRITING,
     other_writers_share: float = 0.0,
-    typed_share: float = 0.0,
 ) -> Numbers:
     """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``
     in ``style``; ``other_writers_share`` of them written by another writer, pen or scanner
     (one of ``augment.HANDWRITING_CONDITIONS`` on each of their digits: hollow strokes, blur,
     low resolution...), scanned and read back; ``photo_share`` of the others photographed and
-    read back as a person's photo would be; ``typed_share`` of the numbers not so written typed
-    in a training font instead (``type_number``), then photographed or not as the others.
+    read back as a person's photo would be.
 
     Spread over one process per core (a number takes ~2 ms, ~10 ms photographed); the same
     ``seed`` gives the same numbers whatever the number of workers.
@@ -337,19 +312,18 @@ def make_numbers(
     seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
     tasks = [
         (min(CHUNK, count - start), chunk_seed, max_length, photo_share, other_writers_share,
-         min_length, style, typed_share)
+         min_length, style)
         for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)
     ]  # fmt: skip
     parts = _in_workers(_numbers_chunk, tasks, workers, _share_source, (images, labels))
     if not parts:
         none = np.zeros(0, bool)
-        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], none, none, none)
+        return Numbers(np.zeros((0, IMAGE_SIDE, STRIP_WIDTH), np.uint8), [], none, none)
     return Numbers(
         np.concatenate([part[0] for part in parts]),
         [text for part in parts for text in part[1]],
         np.concatenate([part[2] for part in parts]),
         np.concatenate([part[3] for part in parts]),
-        np.concatenate([part[4] for part in parts]),
     )
 
 
@@ -425,64 +399,6 @@ def _glyph(rng: np.random.Generator, fonts: list[list[tuple]]) -> np.ndarray:
     draw.text((x, y), glyph, fill=255, font=font, stroke_width=int(rng.integers(0, 3)),
               stroke_fill=255)  # fmt: skip
     return np.asarray(image.rotate(rng.uniform(-15, 15), Image.Resampling.BILINEAR))
-
-
-DIGITS = "0123456789"
-TYPE_SIZE = 64  # px: digits are typed this large, then brought to MNIST's scale
-OUTLINED_SHARE = 0.25  # of typed numbers, typed as outlines (hollow strokes, an outline font)
-
-
-@functools.cache  # once per process
-def _digit_fonts() -> list[list]:
-    """The training fonts (TRAINING_FONT_FAMILIES) that have all ten digits, by family: none of
-    them is a font the benchmarks type numbers in."""
-    from PIL import ImageFont
-
-    families = [
-        [path for path in paths if len(_covered(ImageFont.truetype(str(path), 40), DIGITS)) == 10]
-        for paths in training_font_paths().values()
-    ]
-    return [family for family in families if family]
-
-
-def type_number(
-    text: str, rng: np.random.Generator, style: Handwriting = HANDWRITING,
-    gap_kind: str | None = None,
-) -> np.ndarray:  # fmt: skip
-    """``text`` typed in a training font (one drawn per number, each family as often), digit by
-    digit, then written as ``compose`` writes MNIST digits: each digit resized, gaps from apart
-    to overlapping, baseline, slant, pen. OUTLINED_SHARE of them in outline, the others with a
-    stroke 0-2 px bolder. -> (H, W) float32 ink in [0, 1], light on dark, at MNIST's scale
-    (the font's digits ~20 px tall, where they stand on its baseline: old-style figures rise
-    and fall as the font draws them)."""
-    from PIL import ImageDraw, ImageFont
-
-    families = _digit_fonts()
-    if not families:
-        raise RuntimeError(f"no font with the ten digits under {FONT_FOLDER}")
-    family = families[int(rng.integers(len(families)))]
-    font = ImageFont.truetype(str(family[int(rng.integers(len(family)))]), TYPE_SIZE)
-    outlined = rng.random() < OUTLINED_SHARE
-    stroke = int(rng.integers(1, 4)) if outlined else int(rng.integers(0, 3))
-    # the band every digit of this font lies in, from its baseline
-    _, top, _, bottom = font.getbbox(DIGITS, anchor="ls", stroke_width=stroke)
-
-    def typed_digit(character: str) -> np.ndarray:
-        left, _, right, _ = font.getbbox(character, anchor="ls", stroke_width=stroke)
-        image = Image.new("L", (right - left + 2, bottom - top + 2), 0)
-        ImageDraw.Draw(image).text(
-            (1 - left, 1 - top), character, font=font, anchor="ls", stroke_width=stroke,
-            fill=0 if outlined else 255, stroke_fill=255,
-        )  # fmt: skip
-        scale = rng.uniform(*style.digit_scale)
-        # as an MNIST digit: ~20 px of ink in a box of 28
-        ink_height = max(1, round(20 * scale))
-        width = max(1, round(image.width * ink_height / image.height))
-        ink = image.resize((width, ink_height), Image.Resampling.LANCZOS)
-        margin = max(1, round(4 * scale))
-        return np.pad(np.asarray(ink, np.float32) / 255, ((margin, margin), (0, 0)))
-
-    return _write(text, typed_digit, rng, style, gap_kind)
 
 
 def _scribble(rng: np.random.Generator) -> np.ndarray:

@@ -285,7 +285,7 @@ def _train_member(
     training = synthetic.make_numbers(
         x_train[:fit_count], y_train[:fit_count], config.numbers, config.seed,
         READER_MAX_LENGTH, config.photo_share, style=style,
-        other_writers_share=config.handwriting_share, typed_share=config.typed_share,
+        other_writers_share=config.handwriting_share,
     )  # fmt: skip
     validation = (
         synthetic.make_numbers(
@@ -297,7 +297,6 @@ def _train_member(
             config.photo_share,
             style=style,
             other_writers_share=config.handwriting_share,
-            typed_share=config.typed_share,
         )  # fmt: skip
         if held_out
         else None
@@ -307,9 +306,7 @@ def _train_member(
         f"digits from {fit_count:,} training digits ({config.touching_share:.0%} of their gaps "
         f"touching, {training.photographed.mean():.0%} photographed and read back, "
         f"{training.other_writers.mean():.0%} written by other writers, pens and scanners, "
-        "scanned and read back"
-        + (f", {training.typed.mean():.0%} typed in training fonts" if config.typed_share else "")
-        + "), "
+        "scanned and read back), "
         + (f"{len(validation.texts):,} validation numbers from the {held_out:,} held-out digits, "
            if validation else "")
         + f"{len(test.texts):,} test numbers of 1-8 digits from the test digits, in "
