@@ -77,11 +77,35 @@ def clean(ink: np.ndarray) -> Image.Image:
     return image.resize((image.width * 3, image.height * 3), Image.Resampling.BICUBIC)
 
 
-def read(predictor: Predictor, image) -> str:
+def read(predictor: Predictor, image) -> tuple[str, bool | None]:
+    """The text read, and whether the reader's "not a number" rule finds it a number."""
     try:
-        return predictor.predict_number(image).text
+        answer = predictor.predict_number(image)
     except Exception as error:  # an ImageError: counted as a wrong reading
-        return f"<{type(error).__name__}>"
+        return f"<{type(error).__name__}>", None
+    return answer.text, answer.is_number
+
+
+def typed_words(count: int, rng: np.random.Generator) -> list[bytes]:
+    """Words of 2-8 letters (none that looks like a digit) typed in the handwriting fonts and
+    photographed as the font numbers are: what the "not a number" rule should reject."""
+    fonts, letters = handwriting_fonts(), [c for c in synthetic.GLYPHS if c.isalpha()]
+    words = []
+    for index in range(count if fonts else 0):
+        word = "".join(rng.choice(letters, int(rng.integers(2, 9))))
+        words.append(synthetic.photograph(typed(word, fonts[index % len(fonts)], rng), rng))
+    return words
+
+
+def doodle_rows(count: int, rng: np.random.Generator) -> list[bytes]:
+    """Rows of 2-5 marks that are not digits (``synthetic.non_digit_drawings``: letters in the
+    training fonts, scribbles, shapes, noise), photographed."""
+    rows = []
+    for _ in range(count):
+        marks = synthetic.non_digit_drawings(int(rng.integers(2, 6)), rng)
+        ink = np.hstack([np.asarray(mark, np.float32) / 255 for mark in marks])
+        rows.append(synthetic.photograph(ink, rng))
+    return rows
 
 
 def scores(rows: list[dict], key: str | None = None) -> dict:
@@ -135,6 +159,9 @@ def main() -> None:
     parser.add_argument(
         "--per-writer", type=int, default=60, help="numbers of 1-6 digits per other writer"
     )
+    parser.add_argument(
+        "--non-numbers", type=int, default=400, help="typed words and doodle rows, each"
+    )
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     rng = np.random.default_rng(arguments.seed)
@@ -175,14 +202,36 @@ def main() -> None:
                 text, images, pools, writers_rng, gap_kind=GAP_KINDS[index % 3], writer=writer
             )
             cases.append(("other_writers", text, name, clean(ink)))
+    # things that are not numbers, for the "not a number" rule (a generator of their own too)
+    others_rng = np.random.default_rng([arguments.seed, 12])
+    cases += [("words", "", "", image) for image in typed_words(arguments.non_numbers, others_rng)]
+    cases += [
+        ("doodles", "", "", image) for image in doodle_rows(arguments.non_numbers, others_rng)
+    ]
 
     results = {}
     for name, predictor in readers.items():
         rows = [
             {"condition": condition, "text": text, "gap": gap, "length": len(text),
-             "read": read(predictor, image), "earlier": index < earlier}
+             "read": read_text, "is_number": is_number, "earlier": index < earlier}
             for index, (condition, text, gap, image) in enumerate(cases)
+            for read_text, is_number in [read(predictor, image)]
         ]  # fmt: skip
+        judged = {}
+        for condition in ("clean", "photo", "font", "other_writers", "words", "doodles"):
+            chosen = [r for r in rows if r["condition"] == condition]
+            rejected = [r for r in chosen if r["is_number"] is False]
+            judged[condition] = {"rejected": round(len(rejected) / max(len(chosen), 1), 4)}
+            if condition not in ("words", "doodles"):  # of those, how many were misread anyway
+                misread = [r for r in chosen if r["read"] != r["text"]]
+                judged[condition]["of_the_rejected_misread"] = round(
+                    sum(r["read"] != r["text"] for r in rejected) / max(len(rejected), 1), 4
+                )
+                judged[condition]["of_the_misread_rejected"] = round(
+                    sum(r["is_number"] is False for r in misread) / max(len(misread), 1), 4
+                )
+        numbers = [r for r in rows if r["condition"] not in ("words", "doodles")]
+        rows = numbers  # the readings scored below are of numbers only
         by_condition = {}
         for condition in ("clean", "photo", "font", "other_writers"):
             chosen = [r for r in rows if r["condition"] == condition]
@@ -211,6 +260,9 @@ def main() -> None:
             "checked_by": str(predictor.checker.folder) if predictor.checker else None,
             "conditions": by_condition,
             "six_digit_number_warm_ms": warm_ms(predictor, six),
+            # the share of each set the reader's rule calls "not a number" (all 0 for a reader
+            # without the rule, and for segmentation)
+            "not_a_number": judged if any(r["is_number"] is not None for r in numbers) else None,
             "some_mistakes": [
                 {k: r[k] for k in ("text", "read", "gap", "condition")}
                 for r in rows

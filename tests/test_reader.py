@@ -49,6 +49,10 @@ def test_the_reader_run_is_a_complete_run_folder(reader_run):
     for heading in ("Test results", "By length", "The first test numbers", "Worst mistakes"):
         assert heading in report
     assert (reader_run / "predictions.png").stat().st_size > 1000
+    # its "not a number" rule, calibrated on its validation numbers (held-out digits)
+    rule = manifest["rejection"]
+    assert 0 < rule["threshold"] < 1 and rule["calibration_numbers"][0] > 500
+    assert rule["rejected_share_of_calibration_numbers"] == 0.01
 
 
 def test_the_numpy_copy_reads_like_keras(reader_run, test_digits):

@@ -495,3 +495,53 @@ def test_the_camera_reads_a_written_digit_live(browser, mnist_test, tmp_path):
         page.wait_for_timeout(1_000)
         assert len(sent) == count  # stopped means no more readings
         with_camera.close()
+
+
+DOODLE_STROKES = [  # a spiral and a zigzag on the wide number pad, in its 0-1 box
+    [(0.2 + 0.12 * t / 12 * np.cos(t), 0.5 + 0.33 * t / 12 * np.sin(t))
+     for t in np.linspace(0.5, 12, 40)],
+    [(x, 0.2 if index % 2 else 0.8) for index, x in enumerate(np.linspace(0.45, 0.9, 7))],
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_doodle_in_number_mode_is_not_a_number_in_chromium(browser, tmp_path):
+    """The page with the ready-made models: a doodle on the number pad is answered "not a
+    number", marked as rejected, with what the reader read beside it."""
+    from digitlab import artifacts
+
+    ready = artifacts.ready_run("digit")
+    reader = artifacts.ready_run("number")
+    with serving(ready, tmp_path / "serve.log", "--reader", str(reader)) as (url, _):
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(url)
+        page.wait_for_function(
+            "document.getElementById('model-info').textContent.includes('number reader')"
+        )
+        page.locator("#number").check()
+        draw(page, DOODLE_STROKES)  # read as it is drawn: wait for the answer to all of it,
+        # the one whose strip (what the reader saw, left-aligned) reaches on to the zigzag
+        # (the spiral alone is about 20 of its columns wide, the whole doodle about 70)
+        page.wait_for_function(
+            """() => {
+            const img = document.getElementById('seen');
+            if (img.hidden || !img.complete || img.naturalWidth !== 224) return false;
+            const canvas = document.createElement('canvas');
+            canvas.width = 224; canvas.height = 28;
+            const context = canvas.getContext('2d');
+            context.drawImage(img, 0, 0);
+            const beyond = context.getImageData(50, 0, 174, 28).data;
+            return beyond.some((value, index) => index % 4 === 0 && value > 128);
+        }""",
+            timeout=10_000,
+        )
+        assert page.locator("#label").text_content() == "not a number"
+        label = page.locator("#label")
+        assert "rejected" in (label.get_attribute("class") or "")
+        said = page.locator("#confidence").text_content()
+        assert said.startswith("(read as ") and said.endswith(")")
+        box = label.bounding_box()  # seen: on screen, not empty
+        assert box["width"] > 50 and box["height"] > 10
+        shots = Path(os.environ.get("DIGITLAB_SCREENSHOTS", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "number-doodle.png"))

@@ -80,7 +80,8 @@ def build_manifest(result: TrainResult, files: DataFiles) -> dict:
             for layer in result.model.layers
         ],
         "reads": models.get(result.config.model).reads,
-        "rejection": result.rejection,  # the "not a digit" rule; None for a number reader
+        # the "not a digit" rule; a number reader's "not a number" rule
+        "rejection": result.rejection,
         "history": result.history,
         "best_epoch": result.best_epoch,  # the epoch whose weights were kept; None: the last
         "stopped_after": result.stopped_after,  # set when early stopping ended training

@@ -295,6 +295,8 @@ def _schema(number: bool):
             ("text", pa.string()),
             ("confidence", pa.float64()),
             ("reader", pa.string()),
+            ("is_number", pa.bool_()),
+            ("number_score", pa.float64()),
             ("digits", pa.list_(pa.struct([*digit_fields, ("x", pa.float64())]))),
         ]
     else:

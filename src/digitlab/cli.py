@@ -625,6 +625,11 @@ def _read_stdin() -> bytes:
 
 def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
     if hasattr(answer, "text"):
+        if answer.is_number is False:
+            return (
+                f"{name}: not a number (read as {answer.text or '(no digits)'}, each digit an "
+                f"unlikely reading; {answer.reader})"
+            )
         return (
             f"{name}: {answer.text or '(no digits)'} ({answer.confidence:.1%} that every digit "
             f"is right; {answer.reader})"
@@ -651,8 +656,9 @@ def _plain_line(name: str, answer, top: int, names: list[str]) -> str:
     "as_json",
     is_flag=True,
     help='One JSON object per line: {"path", "label", "label_name", "confidence", '
-    '"probabilities"}; with --number {"path", "text", "confidence", "reader", "digits": '
-    '[... each with its "x" in the image]}; for an unreadable image {"path", "error"}.',
+    '"probabilities", "is_digit"}; with --number {"path", "text", "confidence", "reader", '
+    '"is_number" (a number reader\'s "not a number" rule), "digits": [... each with its "x" '
+    'in the image]}; for an unreadable image {"path", "error"}.',
 )
 @click.option(
     "--number",

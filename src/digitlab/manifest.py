@@ -70,7 +70,8 @@ class Manifest(BaseModel):
     layers: list[dict] = Field(default_factory=list)
     # "digit": reads one digit per image; "number": a number reader, reads whole numbers
     reads: Literal["digit", "number"] = "digit"
-    rejection: Rejection | None = None  # the "not a digit" rule of a digit model
+    # the "not a digit" rule of a digit model; the "not a number" rule of a number reader
+    rejection: Rejection | None = None
 
     @field_validator("model", "dataset", "created")
     @classmethod

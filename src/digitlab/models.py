@@ -390,6 +390,15 @@ def readers_log_likelihood(members: np.ndarray, digits: Sequence[int]) -> float:
     return sum(ctc_log_likelihood(steps, digits) for steps in members)
 
 
+def reading_score(members: np.ndarray, digits: Sequence[int]) -> float:
+    """How much a reading looks like a written number to the reader, in [0, 1]: the
+    probability of its text (``readers_log_likelihood``) per member and per digit, a geometric
+    mean (per member alone for a reading of no digits). A word or a doodle read as digits is an
+    unlikely reading of every digit; a long number is not penalised for its length."""
+    shares = len(members) * max(len(digits), 1)
+    return float(np.exp(readers_log_likelihood(members, digits) / shares))
+
+
 def readers_decode(members: np.ndarray) -> list[ReadDigit]:
     """Each member's best path (``ctc_decode``), then the one all members together find likeliest
     (``readers_log_likelihood``): (members, steps, 11) -> its digits."""

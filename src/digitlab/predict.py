@@ -83,6 +83,11 @@ class NumberPrediction:
     reader: str = SEGMENTATION
     strip: np.ndarray | None = None  # (28, 224) uint8: what the number reader saw
     checked_by: str | None = None  # the digit model that checked the reader's digits
+    # Whether it looks like a written number at all, by the reader's "not a number" rule (None:
+    # the reader has none, or digits were cut apart and read one by one), and the reading's
+    # score (models.reading_score) that the rule compares with its threshold.
+    is_number: bool | None = None
+    number_score: float | None = None
 
     @property
     def confidence(self) -> float:
@@ -98,6 +103,9 @@ class NumberPrediction:
         }
         if self.checked_by:
             answer["checked_by"] = self.checked_by
+        if self.is_number is not None:
+            answer["is_number"] = self.is_number
+            answer["number_score"] = round(self.number_score, 6)
         if with_input:  # what was read, so that a wrong reading of any length can be shown
             answer["input_png"] = png_base64(self.input)
         return answer
@@ -235,7 +243,8 @@ class Predictor:
 
     @property
     def rejection_threshold(self) -> float | None:
-        """Below this digit score an input is "not a digit"; None if the run has no rule."""
+        """Below this digit score an input is "not a digit" (a number reader's: below this
+        reading score, "not a number"); None if the run has no rule."""
         rule = self.manifest.get("rejection")
         return float(rule["threshold"]) if isinstance(rule, dict) else None
 
@@ -277,7 +286,7 @@ class Predictor:
         reading checked by the digit model (``_checked``); where they differ, the one that
         all members and the digit model together find likeliest (``_support``) is the answer.
         """
-        from digitlab.models import ctc_decode, member_steps, read_steps
+        from digitlab.models import ctc_decode, member_steps, read_steps, reading_score
 
         if not strips:
             return []
@@ -310,15 +319,14 @@ class Predictor:
                 )
             )
             text = "".join(result.label_name for result in results)
-            answers.append(
-                NumberPrediction(
-                    text,
-                    results,
-                    NUMBER_READER,
-                    strip.image,
-                    self.checker.description if checking else None,
-                )
-            )
+            answer = NumberPrediction(
+                text, results, NUMBER_READER, strip.image,
+                self.checker.description if checking else None,
+            )  # fmt: skip
+            if self.rejection_threshold is not None:  # the reader's "not a number" rule
+                answer.number_score = reading_score(members, [r.label for r in results])
+                answer.is_number = answer.number_score >= self.rejection_threshold
+            answers.append(answer)
         return answers
 
     def _read_digit(

@@ -59,6 +59,16 @@ class NumberAnswer(BaseModel):
         "(each such digit's probabilities are both models' combined)",
     )
     digits: list[DigitAnswer]
+    is_number: bool | None = Field(
+        None,
+        description="with a number reader that has the rule: whether it looks like a written "
+        "number at all (false: a word, a doodle; the text is still the likeliest reading)",
+    )
+    number_score: float | None = Field(
+        None, ge=0, le=1,
+        description="the reading's probability per digit (and per member of the reader), which "
+        "the 'not a number' rule compares with its threshold",
+    )  # fmt: skip
     input_png: str | None = Field(
         None, description="what was read: the number reader's strip, or the digits side by side"
     )

@@ -211,12 +211,15 @@ function showDigits(answer) {
 function show(answer) {
   document.getElementById("error").hidden = true;
   const digits = answer.digits || [answer];
-  const notDigit = answer.is_digit === false;
+  const notNumber = answer.is_number === false; // a number reader's "not a number" rule
+  const notDigit = answer.is_digit === false || notNumber;
   document.getElementById("label").textContent = answer.text === ""
-    ? "no digits" : notDigit ? "not a digit" : answer.text ?? answer.label_name;
+    ? "no digits" : notNumber ? "not a number" : notDigit ? "not a digit"
+    : answer.text ?? answer.label_name;
   document.getElementById("label").classList.toggle("rejected", notDigit);
-  document.getElementById("confidence").textContent = notDigit
-    ? `(most like ${answer.label_name}, ${(100 * answer.confidence).toFixed(1)}%)`
+  document.getElementById("confidence").textContent = notNumber
+    ? `(read as ${answer.text})`
+    : notDigit ? `(most like ${answer.label_name}, ${(100 * answer.confidence).toFixed(1)}%)`
     : `${(100 * answer.confidence).toFixed(1)}% sure`;
   showDigits(answer);
   if (!digits.length) {
