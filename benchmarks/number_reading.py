@@ -13,7 +13,9 @@ scanned like the clean strips. Every image goes through ``predict_number`` (the
 same path as `digitlab predict --number`): with the number reader checked by the digit model
 (as `predict --number` reads), with the reader alone, and with blob segmentation and the digit
 model. Reports exact-number and per-digit accuracy by condition,
-length and gap kind, and the time to read one 6-digit number warm.
+length and gap kind, and the time to read one 6-digit number warm. For the reader's "not a
+number" rule: the share of each set it judges not a number, of words typed in the handwriting
+fonts and of rows of doodles (letters, scribbles, shapes, noise), photographed, as well.
 
 Each target figure comes with the count it is measured on and its standard error: until the
 thirteenth session the sets were 600 numbers (449 clean ones of up to 6 digits: one number
@@ -25,7 +27,8 @@ drawn after them), and their figure is reported too.
 (The issue asked for ``benchmarks/numbers.py``: a script of that name in this folder would
 shadow Python's ``numbers`` module, which NumPy imports, for every benchmark run from here.)
 
-    python benchmarks/number_reading.py [--reader RUN] [--digits RUN] [--count 2400] [--fonts 192] [--seed 0]
+    python benchmarks/number_reading.py [--reader RUN] [--digits RUN] [--count 2400] [--fonts 192]
+        [--non-numbers 400] [--seed 0]
 """
 
 from __future__ import annotations

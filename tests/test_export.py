@@ -218,6 +218,22 @@ def test_offline_page_reads_drawn_digits_like_python(ready_cnn, browser, mnist_a
                 )
             ).reshape(28, 28)
             assert in_python.max() > 0.01 and np.abs(in_browser - in_python).max() < 1e-4
+            # "Not a digit" in the browser against Python's: the score averaged over the same
+            # shifts, the same threshold, on test digits and made non-digits
+            samples = np.concatenate([x_test[:12], synthetic.prepared_non_digits(12, seed=77)])
+            in_browser = page.evaluate(
+                "digits => digits.map((d) => { const p = Float32Array.from(d, (v) => v / 255);"
+                " const a = localAnswer(localModel(p), null, p);"
+                " return [a.digit_score, a.is_digit]; })",
+                samples.reshape(len(samples), -1).tolist(),
+            )
+            _, in_python = predictor.scored_digits(samples)
+            assert predictor.score_shifts  # the shipped rule is averaged over shifts
+            scores = np.array([score for score, _ in in_browser])
+            assert np.abs(scores - in_python).max() < 1e-4
+            judged = [is_digit for _, is_digit in in_browser]
+            assert judged == list(in_python >= predictor.rejection_threshold)
+            assert any(judged) and not all(judged)
             assert failed == []  # it asked the network for nothing
             page.context.close()
 

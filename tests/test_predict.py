@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from digitlab import artifacts, preprocess
+from digitlab import artifacts, models, preprocess
 from digitlab.cli import cli
 from digitlab.predict import Predictor
 from digitlab.schemas import DigitAnswer, NumberAnswer
@@ -266,3 +266,37 @@ def test_a_run_without_a_rule_answers_without_is_digit(mnist_run, test_digits):
     predictor.manifest = {k: v for k, v in predictor.manifest.items() if k != "rejection"}
     [answer] = predictor.predict([x_test[0]])
     assert "is_digit" not in answer.to_dict()
+
+
+def test_shifted_moves_images_and_fills_with_zero():
+    image = np.arange(1, 10, dtype=np.uint8).reshape(1, 3, 3)
+    assert models.shifted(image, 1, 0)[0].tolist() == [[0, 0, 0], [1, 2, 3], [4, 5, 6]]
+    assert models.shifted(image, 0, -1)[0].tolist() == [[2, 3, 0], [5, 6, 0], [8, 9, 0]]
+    assert np.array_equal(models.shifted(image, 0, 0), image)
+
+
+def test_the_digit_score_is_averaged_over_the_shifts_its_rule_was_calibrated_with():
+    """A stand-in whose "not a digit" output is the ink at the centre pixel: a lone dot one
+    pixel right of the centre scores 1 as given, 0 moved a pixel left: 4/5 over the five views
+    of a rule calibrated so, 1 under a rule from before (no shifts)."""
+
+    def forward(inputs: np.ndarray) -> np.ndarray:
+        not_a_digit = inputs[:, 14, 14, 0]
+        output = np.repeat(((1 - not_a_digit) / 10)[:, None], 11, axis=1)
+        output[:, 10] = not_a_digit
+        return output
+
+    rule = {"score": "1 - P(not a digit)", "threshold": 0.9,
+            "averaged_over_shifts": [list(shift) for shift in models.SCORE_SHIFTS]}  # fmt: skip
+    dot = np.zeros((1, 28, 28), np.uint8)
+    dot[0, 14, 15] = 255
+    averaged = Predictor(forward, (28, 28, 1), manifest={"rejection": rule})
+    probabilities, scores = averaged.scored_digits(dot)
+    assert scores == pytest.approx([0.8])
+    assert averaged.result_for(dot[0], probabilities[0], scores[0]).is_digit is False
+    assert averaged.predict_digits(dot) == pytest.approx(probabilities)  # one pass: as given
+    earlier = Predictor(forward, (28, 28, 1), manifest={"rejection": {**rule}})
+    del earlier.manifest["rejection"]["averaged_over_shifts"]
+    probabilities, scores = earlier.scored_digits(dot)
+    assert scores == pytest.approx([1.0])
+    assert earlier.result_for(dot[0], probabilities[0], scores[0]).is_digit is True

@@ -225,21 +225,42 @@ class Predictor:
 
     def predict_digits(self, digits: np.ndarray) -> np.ndarray:
         """(N, 28, 28) uint8 MNIST-style digits -> (N, 10) probabilities."""
-        return self.scored_digits(digits)[0]
+        from digitlab.models import split_rejection
+
+        return split_rejection(self._outputs(digits))[0]
 
     def scored_digits(self, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 28, 28) uint8 MNIST-style digits -> ((N, 10) probabilities, (N,) how much each
-        looks like a digit: ``models.split_rejection``)."""
-        from digitlab.models import prepare, split_rejection
+        looks like a digit: ``models.split_rejection``'s score, averaged over the shifts the
+        run's rule was calibrated with, if any)."""
+        from digitlab.models import shifted_scores, split_rejection
+
+        digits = np.asarray(digits)
+        probabilities, scores = split_rejection(self._outputs(digits))
+        if self.score_shifts and len(digits):
+            scores = shifted_scores(self._outputs, digits, self.score_shifts)
+        return probabilities, scores
+
+    def _outputs(self, digits: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) uint8 digits -> the model's (N, 10) or (N, 11) outputs, in batches."""
+        from digitlab.models import prepare
 
         digits = np.asarray(digits)
         if len(digits) == 0:
-            return np.zeros((0, len(self.label_names))), np.zeros(0)
+            return np.zeros((0, len(self.label_names)))
         batches = [
             np.asarray(self.forward(prepare(digits[start : start + BATCH_SIZE], self.input_shape)))
             for start in range(0, len(digits), BATCH_SIZE)
         ]
-        return split_rejection(np.concatenate(batches))
+        return np.concatenate(batches)
+
+    @property
+    def score_shifts(self) -> tuple[tuple[int, int], ...]:
+        """The shifts the "not a digit" score is averaged over: the run's rule says (rules
+        calibrated before the fourteenth session were on the digit as given: none)."""
+        rule = self.manifest.get("rejection")
+        shifts = rule.get("averaged_over_shifts") if isinstance(rule, dict) else None
+        return tuple((int(rows), int(columns)) for rows, columns in shifts or ())
 
     @property
     def rejection_threshold(self) -> float | None:

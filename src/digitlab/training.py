@@ -610,14 +610,18 @@ def train(
     # All training images, as the tutorial measures them: unaugmented, held-out ones included.
     train_outputs = model.predict(train_inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
     train_loss, train_accuracy = score(models.split_rejection(train_outputs)[0], y_train)
+
     # Calibrated on digits the model did not train on when there are any (else on all of them),
     # as they are and, for a model with a "not a digit" output, photographed too.
-    calibration = train_outputs[fit_count:] if held_out else train_outputs
-    scores = [models.split_rejection(calibration)[1]]
+    # Each scored as predict scores it: averaged over the digit moved a pixel each way.
+    def outputs_for(digits: np.ndarray) -> np.ndarray:
+        inputs = models.prepare(digits, input_shape)
+        return model.predict(inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
+
+    scores = [models.shifted_scores(outputs_for, x_train[fit_count:] if held_out else x_train)]
     if kind.rejects and held_out:
         photos = _photographed(x_train[fit_count:], config.seed, report)
-        photo_outputs = model.predict(models.prepare(photos, input_shape), verbose=0)
-        scores.append(models.split_rejection(photo_outputs)[1])
+        scores.append(models.shifted_scores(outputs_for, photos))
     rejection = calibrate_rejection(scores, kind.rejects)
     result = TrainResult(
         model=model,
@@ -674,13 +678,15 @@ def calibrate_number_rejection(scores: np.ndarray) -> dict:
 def calibrate_rejection(digit_scores: list[np.ndarray], rejects: bool) -> dict:
     """The rule that says "not a digit": a score below ``threshold``.
 
-    The score is 1 - P(not a digit) for a model with that output, else the top probability.
-    The threshold rejects at most REJECTION_RATE of each set of ``digit_scores`` (held-out
+    The score is 1 - P(not a digit) for a model with that output, else the top probability,
+    averaged over the digit moved a pixel each way (``models.shifted_scores``). The threshold rejects at most REJECTION_RATE of each set of ``digit_scores`` (held-out
     digits as they are, and photographed).
     """
     threshold = min(float(np.quantile(scores, REJECTION_RATE)) for scores in digit_scores)
     return {
         "score": "1 - P(not a digit)" if rejects else "top probability",
+        # the score is averaged over the digit moved by each (rows down, columns right)
+        "averaged_over_shifts": [list(shift) for shift in models.SCORE_SHIFTS],
         "threshold": threshold,
         "rejected_share_of_calibration_digits": REJECTION_RATE,
         "calibration_digits": [int(len(scores)) for scores in digit_scores],

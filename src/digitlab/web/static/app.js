@@ -106,7 +106,7 @@ function schedule(delay = DEBOUNCE_MS) {
 function readHere() {
   const prepared = digitlabPreprocess.prepare(context.getImageData(0, 0, pad.width, pad.height));
   if (!prepared) { showEmpty(); return; }
-  const answer = localAnswer(localModel(prepared.pixels), prepared.image);
+  const answer = localAnswer(localModel(prepared.pixels), prepared.image, prepared.pixels);
   show(answer);
   // the map of why once a stroke ends (144 forward passes: too many for every pen move)
   if (!drawing) showWhy({ ...answer, explanation_url: explainHere(prepared.image, answer.label) });
@@ -117,20 +117,45 @@ function explainHere(image, label) {
   return digitlabExplain.overlayUrl(digitlabExplain.occlusionMap(image, probabilitiesOf, label));
 }
 
-function localAnswer(output, image) {
-  // an 11th output is "not a digit": the digits renormalised, as models.split_rejection does
+function localAnswer(output, image, pixels = null) {
+  const { probabilities, score } = splitRejection(output);
+  const label = probabilities.indexOf(Math.max(...probabilities));
+  const rule = DIGITLAB_MODEL.rejection;
+  // the score averaged over the digit moved a pixel each way, as models.shifted_scores does,
+  // when the run's rule was calibrated so
+  const shifts = rule && rule.averaged_over_shifts;
+  const digitScore = shifts && pixels
+    ? shifts.reduce((sum, [rows, columns]) =>
+      sum + splitRejection(localModel(shifted(pixels, rows, columns))).score, 0) / shifts.length
+    : score;
+  return {
+    label, label_name: DIGITLAB_MODEL.label_names[label], confidence: probabilities[label],
+    probabilities, is_digit: rule ? digitScore >= rule.threshold : null, digit_score: digitScore,
+    input_url: image && pngOf(image),
+  };
+}
+
+// A model's output -> the digits' probabilities and how much it looks like a digit: an 11th
+// output is "not a digit" (the digits renormalised), as models.split_rejection does
+function splitRejection(output) {
   const rejects = output.length === DIGITLAB_MODEL.label_names.length + 1;
   const digits = rejects ? output.slice(0, -1) : output;
   const total = digits.reduce((a, b) => a + b, 0);
   const probabilities = digits.map((p) => p / total);
-  const label = probabilities.indexOf(Math.max(...probabilities));
-  const score = rejects ? 1 - output[output.length - 1] : probabilities[label];
-  const rule = DIGITLAB_MODEL.rejection;
-  return {
-    label, label_name: DIGITLAB_MODEL.label_names[label], confidence: probabilities[label],
-    probabilities, is_digit: rule ? score >= rule.threshold : null, digit_score: score,
-    input_url: image && pngOf(image),
-  };
+  const score = rejects ? 1 - output[output.length - 1] : Math.max(...probabilities);
+  return { probabilities, score };
+}
+
+// 28x28 pixels moved rows down and columns right; what comes in is 0 (models.shifted)
+function shifted(pixels, rows, columns) {
+  const moved = new Float32Array(pixels.length);
+  for (let y = 0; y < 28; y++) {
+    for (let x = 0; x < 28; x++) {
+      const fromY = y - rows, fromX = x - columns;
+      if (fromY >= 0 && fromY < 28 && fromX >= 0 && fromX < 28) moved[y * 28 + x] = pixels[fromY * 28 + fromX];
+    }
+  }
+  return moved;
 }
 
 function pngOf(image) {
