@@ -442,9 +442,10 @@ def create_app(
 
         With ``?number=true`` the image holds a written number: answers its ``text``, which
         ``reader`` read it (the number reader, or segmentation), and each digit with its ``x``
-        in the image; ``input_png`` is the strip the reader saw (or the digits side by side).
-        Otherwise ``label``, ``confidence``, ``probabilities`` and ``input_png`` (the 28x28
-        image the model saw, base64 PNG); with ``?explain=true`` also ``explanation_png``, a
+        in the image; ``input_png`` is the strip the reader saw (or the digits side by side);
+        with a reader that has the rule, ``is_number`` (false: a word, a doodle).
+        Otherwise ``label``, ``confidence``, ``probabilities``, ``is_digit`` and ``input_png``
+        (the 28x28 image the model saw, base64 PNG); with ``?explain=true`` also ``explanation_png``, a
         28x28 red overlay for ``input_png``: the pixels the answer rests on (occlusion).
         """
         [(_, image)] = await _images_from(request, many=False, limits=limits)
