@@ -280,7 +280,10 @@ def test_the_digit_score_is_averaged_over_the_shifts_its_rule_was_calibrated_wit
     pixel right of the centre scores 1 as given, 0 moved a pixel left: 4/5 over the five views
     of a rule calibrated so, 1 under a rule from before (no shifts)."""
 
+    passes = []
+
     def forward(inputs: np.ndarray) -> np.ndarray:
+        passes.append(len(inputs))
         not_a_digit = inputs[:, 14, 14, 0]
         output = np.repeat(((1 - not_a_digit) / 10)[:, None], 11, axis=1)
         output[:, 10] = not_a_digit
@@ -293,6 +296,7 @@ def test_the_digit_score_is_averaged_over_the_shifts_its_rule_was_calibrated_wit
     averaged = Predictor(forward, (28, 28, 1), manifest={"rejection": rule})
     probabilities, scores = averaged.scored_digits(dot)
     assert scores == pytest.approx([0.8])
+    assert len(passes) == len(models.SCORE_SHIFTS)  # the digit as given read once
     assert averaged.result_for(dot[0], probabilities[0], scores[0]).is_digit is False
     assert averaged.predict_digits(dot) == pytest.approx(probabilities)  # one pass: as given
     earlier = Predictor(forward, (28, 28, 1), manifest={"rejection": {**rule}})

@@ -455,17 +455,19 @@ def shifted_scores(
     outputs_for: Callable[[np.ndarray], np.ndarray],
     digits: np.ndarray,
     shifts: Sequence[Sequence[int]] = SCORE_SHIFTS,
+    as_given: np.ndarray | None = None,
 ) -> np.ndarray:
     """How much each digit looks like a digit (``split_rejection``'s score), averaged over the
     digit moved by each of ``shifts``. ``outputs_for``: (N, 28, 28) uint8 -> the model's
-    outputs; (N, 28, 28) -> (N,)."""
-    return np.mean(
-        [
-            split_rejection(outputs_for(shifted(digits, rows, columns)))[1]
-            for rows, columns in shifts
-        ],
-        axis=0,
-    )
+    outputs; (N, 28, 28) -> (N,). ``as_given``: the outputs for the digits unmoved, if the
+    caller has them (not computed again)."""
+
+    def outputs(rows: int, columns: int) -> np.ndarray:
+        if (rows, columns) == (0, 0) and as_given is not None:
+            return as_given
+        return outputs_for(shifted(digits, rows, columns))
+
+    return np.mean([split_rejection(outputs(*shift))[1] for shift in shifts], axis=0)
 
 
 def compile_model(

@@ -236,9 +236,10 @@ class Predictor:
         from digitlab.models import shifted_scores, split_rejection
 
         digits = np.asarray(digits)
-        probabilities, scores = split_rejection(self._outputs(digits))
+        outputs = self._outputs(digits)
+        probabilities, scores = split_rejection(outputs)
         if self.score_shifts and len(digits):
-            scores = shifted_scores(self._outputs, digits, self.score_shifts)
+            scores = shifted_scores(self._outputs, digits, self.score_shifts, as_given=outputs)
         return probabilities, scores
 
     def _outputs(self, digits: np.ndarray) -> np.ndarray:
