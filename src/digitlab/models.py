@@ -435,7 +435,7 @@ def split_rejection(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # down, columns right). Measured in the fourteenth session with the shipped CNN, each way
 # calibrated by training's own rule on the same held-out digits (benchmarks/not_a_digit.py,
 # rejected: MNIST / photographed digits / Fashion / letters): one view 0.47 / 1.15 / 93.55 /
-# 90.35%, five views 0.49 / 1.00 / 94.35 / 91.05%: a person's digit a pixel off scores about as
+# 90.35%, five views 0.42 / 1.00 / 94.35 / 91.05%: a person's digit a pixel off scores about as
 # high, a letter seen five ways gives its "not a digit" more chances.
 SCORE_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 

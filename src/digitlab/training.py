@@ -618,7 +618,9 @@ def train(
         inputs = models.prepare(digits, input_shape)
         return model.predict(inputs, verbose=0, batch_size=EVALUATE_BATCH_SIZE)
 
-    scores = [models.shifted_scores(outputs_for, x_train[fit_count:] if held_out else x_train)]
+    unmoved = train_outputs[fit_count:] if held_out else train_outputs  # already read
+    calibration_digits = x_train[fit_count:] if held_out else x_train
+    scores = [models.shifted_scores(outputs_for, calibration_digits, as_given=unmoved)]
     if kind.rejects and held_out:
         photos = _photographed(x_train[fit_count:], config.seed, report)
         scores.append(models.shifted_scores(outputs_for, photos))
