@@ -9,7 +9,9 @@ noise, blur, tint, JPEG 40-90). A third set is numbers typed in handwriting font
 fonts-* packages), photographed the same way; a fourth, numbers of 1-6 digits written by other
 writers, pens and scanners (each of ``augment.HANDWRITING_CONDITIONS`` on every digit: low
 resolution, heavy blur, thick marker, thin pen, slant, elastic, broken and hollow strokes),
-scanned like the clean strips. Every image goes through ``predict_number`` (the
+scanned like the clean strips; a fifth, numbers of 1-6 digits written narrow (at 45-70% of
+their width, ``synthetic.narrowed``: the hand the reader reads again widened). Every image
+goes through ``predict_number`` (the
 same path as `digitlab predict --number`): with the number reader checked by the digit model
 (as `predict --number` reads), with the reader alone, and with blob segmentation and the digit
 model. Reports exact-number and per-digit accuracy by condition,
@@ -28,7 +30,7 @@ drawn after them), and their figure is reported too.
 shadow Python's ``numbers`` module, which NumPy imports, for every benchmark run from here.)
 
     python benchmarks/number_reading.py [--reader RUN] [--digits RUN] [--count 2400] [--fonts 192]
-        [--non-numbers 400] [--seed 0]
+        [--non-numbers 400] [--narrow 240] [--seed 0]
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ def main() -> None:
     parser.add_argument(
         "--non-numbers", type=int, default=400, help="typed words and doodle rows, each"
     )
+    parser.add_argument(
+        "--narrow", type=int, default=240, help="numbers written at 45-70%% of their width"
+    )
     parser.add_argument("--seed", type=int, default=0)
     arguments = parser.parse_args()
     rng = np.random.default_rng(arguments.seed)
@@ -205,6 +210,15 @@ def main() -> None:
                 text, images, pools, writers_rng, gap_kind=GAP_KINDS[index % 3], writer=writer
             )
             cases.append(("other_writers", text, name, clean(ink)))
+    # narrow hands: numbers of 1-6 digits written at 45-70% of their width (a generator of
+    # their own too)
+    narrow_rng = np.random.default_rng([arguments.seed, 13])
+    for index in range(arguments.narrow):
+        text = synthetic.random_text(int(narrow_rng.integers(1, 7)), narrow_rng)
+        gap = GAP_KINDS[index % 3]
+        ink = synthetic.compose(text, images, pools, narrow_rng, gap_kind=gap)
+        ink = synthetic.narrowed(ink, narrow_rng.uniform(0.45, 0.7))
+        cases.append(("narrow", text, gap, clean(ink)))
     # things that are not numbers, for the "not a number" rule (a generator of their own too)
     others_rng = np.random.default_rng([arguments.seed, 12])
     cases += [("words", "", "", image) for image in typed_words(arguments.non_numbers, others_rng)]
@@ -221,7 +235,9 @@ def main() -> None:
             for read_text, is_number in [read(predictor, image)]
         ]  # fmt: skip
         judged = {}
-        for condition in ("clean", "photo", "font", "other_writers", "words", "doodles"):
+        for condition in (
+            "clean", "photo", "font", "other_writers", "narrow", "words", "doodles"
+        ):  # fmt: skip
             chosen = [r for r in rows if r["condition"] == condition]
             rejected = [r for r in chosen if r["is_number"] is False]
             judged[condition] = {"rejected": round(len(rejected) / max(len(chosen), 1), 4)}
@@ -236,7 +252,7 @@ def main() -> None:
         numbers = [r for r in rows if r["condition"] not in ("words", "doodles")]
         rows = numbers  # the readings scored below are of numbers only
         by_condition = {}
-        for condition in ("clean", "photo", "font", "other_writers"):
+        for condition in ("clean", "photo", "font", "other_writers", "narrow"):
             chosen = [r for r in rows if r["condition"] == condition]
             if not chosen:
                 continue

@@ -89,6 +89,28 @@ def test_a_strip_without_its_digits_is_the_same_strip():
     whole, bare = preprocess.prepare_strip(image), preprocess.prepare_strip(image, False)
     assert len(whole.digits) == 2 and bare.digits == []
     assert np.array_equal(whole.image, bare.image) and whole.ink_width == bare.ink_width
+    assert bare.widened is None  # training numbers need only the strip
+
+
+def test_the_widened_strip_is_the_same_ink_wider_with_its_groups_widened():
+    """Two narrow strokes, 60 px tall and 70 px apart in all: the widened strip holds them
+    WIDENED times as wide, at the same height, and maps back to the same places; its blob
+    groups are where they were, each digit widened."""
+    image = np.full((120, 400), 255, np.uint8)
+    image[30:90, 100:110] = 0
+    image[30:90, 160:170] = 0
+    strip = preprocess.prepare_strip(image)
+    widened = strip.widened
+    assert strip.ink_height == widened.ink_height == preprocess.MNIST_BOX
+    assert widened.ink_width == pytest.approx(strip.ink_width * preprocess.WIDENED, abs=1)
+    assert [digit.box for digit in widened.digits] == [digit.box for digit in strip.digits]
+    for digit, wider in zip(strip.digits, widened.digits, strict=True):
+        width, wider_width = (np.count_nonzero(d.image.max(axis=0) > 128) for d in (digit, wider))
+        assert wider_width == pytest.approx(width * preprocess.WIDENED, abs=1)
+    assert len(strip.digits) == 2
+    assert widened.source_x(STRIP_MARGIN + widened.ink_width) == pytest.approx(170, abs=2)
+    columns = np.flatnonzero(widened.image.max(axis=0) > 128)  # the gap widened too
+    assert columns[-1] - columns[0] > strip.ink_width
 
 
 def steps(*labels: int, sure: float = 0.9) -> np.ndarray:

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 BATCH_SIZE = 256  # digits per model call when predicting many images
 CHUNK = 2048  # images prepared at once by predict_many: bounds memory on huge folders
+# Digits read at most this share of their height wide each, on average, are a narrow hand, read
+# again widened (``read_strips``). MNIST's are 0.6-0.8; measured on benchmarks/number_reading.py's
+# font numbers (fifteenth session), 0.5 took the gain of reading every number twice (a
+# steeply slanted script, Kristi, 7 -> 10 of 17) without its loss (outlined strokes, widened
+# thicker, 8 -> 5 of 18).
+NARROW_HAND = 0.5
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -307,39 +313,37 @@ class Predictor:
         Each member of the reader (``models.build_reader(members)``) reads the strip, each
         reading checked by the digit model (``_checked``); where they differ, the one that
         all members and the digit model together find likeliest (``_support``) is the answer.
+        A narrow hand (its digits read at most NARROW_HAND of their height wide each) is read
+        again from its widened strip (``PreparedStrip.widened``), and the reading likelier on
+        its own strip kept.
         """
-        from digitlab.models import ctc_decode, member_steps, read_steps, reading_score
+        from digitlab.models import reading_score
 
         if not strips:
             return []
-        inputs = np.stack([strip.image for strip in strips])[..., None].astype(np.float32) / 255
-        outputs = member_steps(np.concatenate(
-            [read_steps(self.forward, inputs[start : start + BATCH_SIZE])
-             for start in range(0, len(inputs), BATCH_SIZE)]
-        ))  # fmt: skip
         checking = self.checker is not None and any(strip.digits for strip in strips)
-        if checking:
-            blob_digits = [digit.image for strip in strips for digit in strip.digits]
-            checked = iter(self.checker.predict_digits(np.stack(blob_digits)))
+        checks = self._checks(strips) if checking else [[] for _ in strips]
+        read = [
+            (strip, members, self._reading(strip, members, found))
+            for strip, members, found in zip(strips, self._members(strips), checks, strict=True)
+        ]
+        narrow = [
+            index
+            for index, (strip, _, reading) in enumerate(read)
+            if strip.widened is not None and self._narrow(strip, reading)
+        ]
+        widened = [strips[index].widened for index in narrow]
+        wider_checks = self._checks(widened) if checking else [[] for _ in widened]
+        for index, strip, members, found in zip(
+            narrow, widened, self._members(widened), wider_checks, strict=True
+        ):
+            reading = self._reading(strip, members, found)
+            if self._support(strip, members, reading, found) > self._support(
+                *read[index], checks[index]
+            ):
+                read[index] = strip, members, reading
         answers = []
-        for strip, members in zip(strips, outputs, strict=True):
-            checks = [next(checked) for _ in strip.digits] if checking else []
-            readings = []
-            for steps in members:
-                results = [
-                    self._read_digit(strip, steps, digit) for digit in ctc_decode(steps[None])[0]
-                ]
-                readings.append(
-                    self._checked(strip, members, results, checks) if checks else results
-                )
-            texts = {tuple(result.label for result in reading) for reading in readings}
-            results = (
-                readings[0]
-                if len(texts) == 1
-                else max(
-                    readings, key=lambda reading: self._support(strip, members, reading, checks)
-                )
-            )
+        for strip, members, results in read:
             text = "".join(result.label_name for result in results)
             answer = NumberPrediction(
                 text, results, NUMBER_READER, strip.image,
@@ -350,6 +354,48 @@ class Predictor:
                 answer.is_number = answer.number_score >= self.rejection_threshold
             answers.append(answer)
         return answers
+
+    def _members(self, strips: list[preprocess.PreparedStrip]) -> np.ndarray:
+        """Each strip's per-step probabilities by each member: (N, members, 56, 11)."""
+        from digitlab.models import member_steps, read_steps
+
+        if not strips:
+            return np.zeros((0, 0, 0, 0), np.float32)
+        inputs = np.stack([strip.image for strip in strips])[..., None].astype(np.float32) / 255
+        return member_steps(np.concatenate(
+            [read_steps(self.forward, inputs[start : start + BATCH_SIZE])
+             for start in range(0, len(inputs), BATCH_SIZE)]
+        ))  # fmt: skip
+
+    def _checks(self, strips: list[preprocess.PreparedStrip]) -> list[list[np.ndarray]]:
+        """The digit model's output for each blob group of each strip."""
+        blob_digits = [digit.image for strip in strips for digit in strip.digits]
+        if not blob_digits:
+            return [[] for _ in strips]
+        checked = iter(self.checker.predict_digits(np.stack(blob_digits)))
+        return [[next(checked) for _ in strip.digits] for strip in strips]
+
+    def _reading(
+        self, strip: preprocess.PreparedStrip, members: np.ndarray, checks: list[np.ndarray]
+    ) -> list[Prediction]:
+        """Each member's reading of one strip, checked (``_checked``); the likeliest to all
+        members and the digit model together where they differ (``_support``)."""
+        from digitlab.models import ctc_decode
+
+        readings = []
+        for steps in members:
+            results = [
+                self._read_digit(strip, steps, digit) for digit in ctc_decode(steps[None])[0]
+            ]
+            readings.append(self._checked(strip, members, results, checks) if checks else results)
+        if len({tuple(result.label for result in reading) for reading in readings}) == 1:
+            return readings[0]
+        return max(readings, key=lambda reading: self._support(strip, members, reading, checks))
+
+    @staticmethod
+    def _narrow(strip: preprocess.PreparedStrip, reading: list[Prediction]) -> bool:
+        """Whether the digits read are on average at most NARROW_HAND of their height wide."""
+        return strip.ink_width <= NARROW_HAND * strip.ink_height * max(len(reading), 1)
 
     def _read_digit(
         self, strip: preprocess.PreparedStrip, steps: np.ndarray, digit: ReadDigit

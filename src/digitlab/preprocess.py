@@ -110,6 +110,16 @@ class PreparedStrip:
     # The same ink cut into blob groups (``prepare_number``'s digits), for a digit model to
     # check the reader's reading of each group that holds one digit
     digits: list[PreparedDigit] = field(default_factory=list)
+    # The same ink WIDENED times as wide (its own strip; its blob groups where they were,
+    # each digit widened too: ``widened_digit``), for a second reading of a narrow hand
+    # (``Predictor.read_strips``); None: not made
+    widened: PreparedStrip | None = None
+
+    @property
+    def ink_height(self) -> int:
+        """Rows of the strip the number's ink spans (20 but for a number too long to fit)."""
+        rows = np.flatnonzero(self.image.max(axis=1))
+        return int(rows[-1] - rows[0] + 1) if len(rows) else 0
 
     def source_x(self, strip_x: float) -> float:
         """A column of the strip -> the x-coordinate in the source image it came from."""
@@ -627,6 +637,13 @@ def prepare_number(source) -> list[PreparedDigit]:
     return _guarded(_digits_of_number, source)
 
 
+# A narrow hand (a steep script, a condensed font: digits at most half as wide as tall) is
+# read a second time from its ink made this many times as wide, and the likelier reading kept
+# (``Predictor.read_strips``). Chosen on benchmarks/number_reading.py's font numbers (fifteenth
+# session); on a second set of 385, 1.3 to 1.6 read within two numbers of each other.
+WIDENED = 1.4
+
+
 def fit_strip(ink: np.ndarray) -> tuple[np.ndarray, int]:
     """A written number's ink (light on dark, float in [0, 1]) -> the number reader's input.
 
@@ -649,20 +666,33 @@ def _strip_of_number(source, with_digits: bool = True) -> PreparedStrip:
     soft, blobs, factor = _clean(source)
     ink = soft * (blobs > 0)
     columns = np.flatnonzero(ink.max(axis=0) > 0.05)
-    image, ink_width = fit_strip(ink)
-    return PreparedStrip(
-        image,
-        ink_width,
-        columns[0] * factor,
-        (columns[-1] + 1) * factor,
-        _blob_digits(soft, blobs, factor) if with_digits else [],
-    )
+    left, right = columns[0] * factor, (columns[-1] + 1) * factor
+    strip = PreparedStrip(*fit_strip(ink), left, right)
+    if with_digits:
+        strip.digits = _blob_digits(soft, blobs, factor)
+        ink = _crop_to_ink(ink)
+        widened = _resize(ink, round(ink.shape[1] * WIDENED), ink.shape[0])
+        strip.widened = PreparedStrip(
+            *fit_strip(widened), left, right,
+            [PreparedDigit(widened_digit(digit.image), digit.box) for digit in strip.digits],
+        )  # fmt: skip
+    return strip
+
+
+def widened_digit(digit: np.ndarray) -> np.ndarray:
+    """A prepared digit (28x28 uint8) made WIDENED times as wide, prepared again (a digit
+    with no ink over ``_crop_to_ink``'s level is returned as it is)."""
+    ink = digit.astype(np.float32) / 255
+    if not (ink > 0.05).any():
+        return digit
+    ink = _crop_to_ink(ink)
+    return centre_by_mass(_resize(ink, round(ink.shape[1] * WIDENED), ink.shape[0]))
 
 
 def prepare_strip(source, with_digits: bool = True) -> PreparedStrip:
     """A written number, whole, as the number reader reads it (``fit_strip``), plus (unless
     ``with_digits`` is False: training numbers need only the strip) its blob groups prepared
-    as digits."""
+    as digits and the strip of its ink widened (``PreparedStrip.widened``)."""
     return _guarded(functools.partial(_strip_of_number, with_digits=with_digits), source)
 
 

@@ -134,6 +134,14 @@ def compose(
     return canvas[:, columns.min() : columns.max() + 1] if columns.size else canvas
 
 
+def narrowed(ink: np.ndarray, width: float) -> np.ndarray:
+    """A composed number (``compose``'s ink) written ``width`` times as wide: a narrow hand."""
+    narrow = Image.fromarray(ink.astype(np.float32), "F").resize(
+        (max(1, round(ink.shape[1] * width)), ink.shape[0]), Image.Resampling.LANCZOS
+    )
+    return np.clip(np.asarray(narrow), 0, 1)
+
+
 def _slant(image: np.ndarray, shear: float) -> np.ndarray:
     """Shear about the middle row: positive leans the tops to the right, like italics."""
     height, width = image.shape
