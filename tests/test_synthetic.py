@@ -82,6 +82,19 @@ def test_make_numbers_is_the_same_for_any_number_of_workers(digits):
     assert [int(v) - 1 for v in targets[0] if v] == [int(c) for c in one.texts[0]]
 
 
+def test_a_share_of_the_numbers_is_written_with_hollow_strokes_and_read_back():
+    images, labels = make_digits(200, seed=3)
+    plain = synthetic.make_numbers(images, labels, 200, seed=5, max_length=3, workers=1)
+    some = synthetic.make_numbers(
+        images, labels, 200, seed=5, max_length=3, workers=1, hollow_share=0.3
+    )
+    assert not plain.other_writers.any()
+    assert 0.2 < some.other_writers.mean() < 0.4  # counted as other writers: scanned, read back
+    assert some.texts[0] == plain.texts[0]  # the text is drawn before the pen
+    hollow = some.strips[some.other_writers]
+    assert hollow.shape[1:] == plain.strips.shape[1:] and hollow.max(axis=(1, 2)).min() > 128
+
+
 def test_a_strip_without_its_digits_is_the_same_strip():
     image = np.full((120, 400), 255, np.uint8)
     image[30:90, 100:112] = 0

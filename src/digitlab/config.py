@@ -51,7 +51,8 @@ class TrainConfig:
     # its numbers so written (one condition on all of a number's digits), scanned and read back.
     handwriting_share: float = 0.0
     # With augment: this many more digits, as a share of the training digits, written with
-    # hollow (outlined) strokes and read back through preprocessing as a user's image is.
+    # hollow (outlined) strokes and read back through preprocessing as a user's image is. The
+    # number reader: the share of its other numbers so written, scanned and read back.
     hollow_share: float = 0.0
     # With augment: this many more, photographed on paper (synthetic.photograph: size, light,
     # noise, blur, tint, JPEG) and read back through preprocessing as a user's photo is.

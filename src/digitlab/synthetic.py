@@ -256,7 +256,9 @@ def _share_source(images: np.ndarray, labels: np.ndarray) -> None:
 def _numbers_chunk(task: tuple) -> tuple:
     from digitlab import augment, preprocess
 
-    count, seed, max_length, photo_share, other_writers_share, min_length, style = task
+    count, seed, max_length, photo_share, other_writers_share, hollow_share, min_length, style = (
+        task
+    )
     images, pools = _SOURCE
     writers = list(augment.HANDWRITING_CONDITIONS.values())
     rng = np.random.default_rng(seed)
@@ -268,6 +270,8 @@ def _numbers_chunk(task: tuple) -> tuple:
         writer = None  # drawn only when asked for: numbers made without stay as they were
         if other_writers_share and rng.random() < other_writers_share:
             writer = writers[int(rng.integers(len(writers)))]
+        elif hollow_share and rng.random() < hollow_share:
+            writer = augment.hollow_strokes
         ink = compose(text, images, pools, rng, style, writer=writer)
         try:
             if writer is not None:  # scanned and read back, as a user's image of it is prepared
@@ -307,12 +311,14 @@ def make_numbers(
     workers: int | None = None,
     style: Handwriting = HANDWRITING,
     other_writers_share: float = 0.0,
+    hollow_share: float = 0.0,
 ) -> Numbers:
     """``count`` numbers of ``min_length`` to ``max_length`` digits composed from ``images``
     in ``style``; ``other_writers_share`` of them written by another writer, pen or scanner
     (one of ``augment.HANDWRITING_CONDITIONS`` on each of their digits: hollow strokes, blur,
-    low resolution...), scanned and read back; ``photo_share`` of the others photographed and
-    read back as a person's photo would be.
+    low resolution...) and ``hollow_share`` of the others with hollow strokes, each scanned and
+    read back (both counted in ``Numbers.other_writers``); ``photo_share`` of the others
+    photographed and read back as a person's photo would be.
 
     Spread over one process per core (a number takes ~2 ms, ~10 ms photographed); the same
     ``seed`` gives the same numbers whatever the number of workers.
@@ -320,7 +326,7 @@ def make_numbers(
     seeds = np.random.SeedSequence(seed).spawn(-(-count // CHUNK))
     tasks = [
         (min(CHUNK, count - start), chunk_seed, max_length, photo_share, other_writers_share,
-         min_length, style)
+         hollow_share, min_length, style)
         for start, chunk_seed in zip(range(0, count, CHUNK), seeds, strict=True)
     ]  # fmt: skip
     parts = _in_workers(_numbers_chunk, tasks, workers, _share_source, (images, labels))

@@ -296,7 +296,7 @@ def _train_member(
     training = synthetic.make_numbers(
         x_train[:fit_count], y_train[:fit_count], config.numbers, config.seed,
         READER_MAX_LENGTH, config.photo_share, style=style,
-        other_writers_share=config.handwriting_share,
+        other_writers_share=config.handwriting_share, hollow_share=config.hollow_share,
     )  # fmt: skip
     validation = (
         synthetic.make_numbers(
@@ -308,6 +308,7 @@ def _train_member(
             config.photo_share,
             style=style,
             other_writers_share=config.handwriting_share,
+            hollow_share=config.hollow_share,
         )  # fmt: skip
         if held_out
         else None
@@ -316,8 +317,8 @@ def _train_member(
         f"[3/6] composed {len(training.texts):,} training numbers of 1-{READER_MAX_LENGTH} "
         f"digits from {fit_count:,} training digits ({config.touching_share:.0%} of their gaps "
         f"touching, {training.photographed.mean():.0%} photographed and read back, "
-        f"{training.other_writers.mean():.0%} written by other writers, pens and scanners, "
-        "scanned and read back), "
+        f"{training.other_writers.mean():.0%} written by other writers, pens and scanners or "
+        "with hollow strokes, scanned and read back), "
         + (f"{len(validation.texts):,} validation numbers from the {held_out:,} held-out digits, "
            if validation else "")
         + f"{len(test.texts):,} test numbers of 1-8 digits from the test digits, in "
