@@ -162,6 +162,33 @@ def test_a_thin_pen_line_is_thickened_like_mnist():
     assert preprocess.THIN_STROKE <= after <= preprocess.THICK_STROKE
 
 
+def outlined_ring(side: int = 300) -> np.ndarray:
+    """A "0" written with a hollow stroke, dark on white: a ring 40 px wide drawn as its two
+    edges, each 8 px wide."""
+    rows, columns = np.mgrid[0:side, 0:side]
+    radius = np.hypot(rows - side / 2, columns - side / 2)
+    edges = (np.abs(radius - 110) < 4) | (np.abs(radius - 70) < 4)
+    return np.where(edges, 0, 255).astype(np.uint8)
+
+
+def ink_runs(row: np.ndarray) -> int:
+    """How many separate stretches of ink a row of a prepared digit crosses."""
+    ink = np.concatenate([[0], (row > 100).astype(int), [0]])
+    return int(np.sum(np.diff(ink) == 1))
+
+
+def test_a_thin_line_is_also_kept_as_written():
+    """Thickened to MNIST's stroke, the two edges of an outlined (hollow) stroke merge into one
+    thick line; the digit as written keeps them apart, for the digit model to read too."""
+    prepared = preprocess.prepare_digit(outlined_ring())
+    assert ink_runs(prepared.image[14]) == 2  # each side one thick line
+    assert prepared.as_written is not None
+    assert ink_runs(prepared.as_written[14]) == 4  # outer edge, inner edge, inner edge, outer edge
+    assert np.array_equal(preprocess.prepare_image(outlined_ring()), prepared.image)
+
+    assert preprocess.prepare_digit(paper_digit(3)).as_written is None  # a pen like MNIST's
+
+
 def test_output_is_a_20px_box_centred_by_mass():
     digit = preprocess.prepare_image(paper_digit(7))
     assert digit.shape == (28, 28) and digit.dtype == np.uint8

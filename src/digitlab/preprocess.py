@@ -95,6 +95,11 @@ class EmptyImageError(ImageError):
 class PreparedDigit:
     image: np.ndarray  # (28, 28) uint8, light ink on black, like MNIST
     box: tuple[int, int, int, int]  # where the digit was: left, top, right, bottom (source px)
+    # A thin line's digit also as written, its stroke not thickened (None: it was not thin).
+    # A thin line may be a thin pen or the outline of a hollow stroke; thickened, an outline's
+    # inside fills and the loops of its 9s and 6s close, so a digit model reads both
+    # (``Predictor.digit_probabilities``).
+    as_written: np.ndarray | None = None
 
     @property
     def centre_x(self) -> float:
@@ -477,26 +482,37 @@ def _scale_height(image: np.ndarray, height: int) -> np.ndarray:
     return _resize(image, round(image.shape[1] * scale), height)
 
 
-def match_stroke(digit: np.ndarray, by_height: bool = False) -> np.ndarray:
+def _at_stroke_canvas(image: np.ndarray, by_height: bool = False) -> np.ndarray:
+    if by_height:
+        return _scale_height(image, STROKE_CANVAS)
+    return _scale_longer_side(image, STROKE_CANVAS)
+
+
+def _relative_stroke(digit: np.ndarray, by_height: bool = False) -> float:
+    """The stroke's width against the digit's longer side (or its height), measured at 80 px."""
+    side = digit.shape[0] if by_height else max(digit.shape)
+    measured = digit if side <= STROKE_CANVAS else _at_stroke_canvas(digit, by_height)
+    return stroke_thickness(measured, measured.shape[0] if by_height else None)
+
+
+def is_thin(digit: np.ndarray) -> bool:
+    """Whether ``match_stroke`` thickens this digit's line."""
+    return _relative_stroke(digit) < THIN_STROKE
+
+
+def match_stroke(digit: np.ndarray, by_height: bool = False, thicken: bool = True) -> np.ndarray:
     """Thicken a thin pen line (or thin a marker) towards MNIST's stroke, at 80 px.
 
     The stroke is measured against the digit's longer side, or with ``by_height`` against its
     height (a whole written number, where the longer side is its width). A digit already within
-    MNIST's range of stroke widths is returned as it is.
+    MNIST's range of stroke widths is returned as it is. With ``thicken`` False, a thin line
+    is left as it is (at 80 px, as it would have been thickened: the digit as written).
     """
-    side = digit.shape[0] if by_height else max(digit.shape)
-
-    def at_stroke_canvas(image: np.ndarray) -> np.ndarray:
-        if by_height:
-            return _scale_height(image, STROKE_CANVAS)
-        return _scale_longer_side(image, STROKE_CANVAS)
-
-    measured = digit if side <= STROKE_CANVAS else at_stroke_canvas(digit)
-    relative = stroke_thickness(measured, measured.shape[0] if by_height else None)
+    relative = _relative_stroke(digit, by_height)
     if THIN_STROKE <= relative <= THICK_STROKE:
         return digit
-    canvas = np.pad(at_stroke_canvas(digit), STROKE_CANVAS // 4)
-    if relative < THIN_STROKE:
+    canvas = np.pad(_at_stroke_canvas(digit, by_height), STROKE_CANVAS // 4)
+    if relative < THIN_STROKE and thicken:
         # Dilating by r widens the stroke by 2r and the digit's box by 2r too.
         width = relative * STROKE_CANVAS
         radius = int(np.ceil((MNIST_STROKE * STROKE_CANVAS - width) / (2 * (1 - MNIST_STROKE))))
@@ -543,10 +559,11 @@ def _finish(
     soft: np.ndarray, rows: slice, columns: slice, factor: float, only: np.ndarray | None = None
 ) -> PreparedDigit:
     """The digit in ``soft[rows, columns]`` (only its ``only`` pixels, a mask of that box)."""
-    digit = soft[rows, columns] * (1 if only is None else only)
-    image = centre_by_mass(match_stroke(_crop_to_ink(digit)))
+    digit = _crop_to_ink(soft[rows, columns] * (1 if only is None else only))
+    image = centre_by_mass(match_stroke(digit))
+    as_written = centre_by_mass(match_stroke(digit, thicken=False)) if is_thin(digit) else None
     box = (columns.start, rows.start, columns.stop, rows.stop)
-    return PreparedDigit(image, tuple(round(side * factor) for side in box))
+    return PreparedDigit(image, tuple(round(side * factor) for side in box), as_written)
 
 
 def _guarded(step, source):
@@ -563,15 +580,21 @@ def _guarded(step, source):
         ) from None
 
 
-def _one_digit(source) -> np.ndarray:
+def _one_digit(source) -> PreparedDigit:
     soft, blobs, factor = _clean(source)
     rows, columns = ndimage.find_objects((blobs > 0).astype(int))[0]
-    return _finish(soft, rows, columns, factor).image
+    return _finish(soft, rows, columns, factor)
+
+
+def prepare_digit(source) -> PreparedDigit:
+    """One digit: any image -> its (28, 28) uint8 like MNIST, where it was, and (a thin line)
+    the digit as written. Raises ImageError/EmptyImageError."""
+    return _guarded(_one_digit, source)
 
 
 def prepare_image(source) -> np.ndarray:
     """One digit: any image -> (28, 28) uint8 like MNIST. Raises ImageError/EmptyImageError."""
-    return _guarded(_one_digit, source)
+    return prepare_digit(source).image
 
 
 # Side-by-side blobs closer than TOUCHING_GAP times the tallest blob's height belong to one digit
@@ -696,7 +719,12 @@ def prepare_strip(source, with_digits: bool = True) -> PreparedStrip:
     return _guarded(functools.partial(_strip_of_number, with_digits=with_digits), source)
 
 
-PREPARERS = {"digit": prepare_image, "number": prepare_number, "strip": prepare_strip}
+PREPARERS = {
+    "digit": prepare_image,
+    "prepared digit": prepare_digit,
+    "number": prepare_number,
+    "strip": prepare_strip,
+}
 
 
 def _prepare_or_error(source, kind: str = "digit"):
