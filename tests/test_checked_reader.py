@@ -10,16 +10,17 @@ from PIL import Image
 
 from digitlab import artifacts, preprocess, synthetic
 from digitlab.config import IMAGE_SIDE, NUM_CLASSES, STRIP_WIDTH
-from digitlab.models import READER_CLASSES, READER_STEP_PIXELS
+from digitlab.models import READER_CLASSES
 from digitlab.predict import NUMBER_READER, Predictor
 from digitlab.preprocess import PreparedDigit, PreparedStrip
 from digitlab.schemas import NumberAnswer
 
 
-def reader_output(read: dict[int, dict[int, float]]) -> np.ndarray:
-    """A reader's (1, 56, 11) output: blank everywhere but at the steps of ``read``
+def reader_output(read: dict[int, dict[int, float]], step_pixels: int = 4) -> np.ndarray:
+    """A reader's (1, steps, 11) output, a step per ``step_pixels`` columns of the strip
+    (4: as the ready-made reader's): blank everywhere but at the steps of ``read``
     ({step: {digit: probability}})."""
-    steps = np.zeros((1, STRIP_WIDTH // READER_STEP_PIXELS, READER_CLASSES), np.float32)
+    steps = np.zeros((1, STRIP_WIDTH // step_pixels, READER_CLASSES), np.float32)
     steps[0, :, 0] = 1.0
     for step, digits in read.items():
         steps[0, step, 0] = 0.0
@@ -83,6 +84,27 @@ def test_a_lone_digit_is_read_by_both_and_a_group_of_several_is_the_readers(stri
     shown = answer.to_dict(with_input=True)
     assert shown["checked_by"] == "the cnn" and shown["reader"] == NUMBER_READER
     NumberAnswer.model_validate(shown)
+
+
+def test_a_reader_of_finer_steps_places_its_digits_where_they_are(strip):
+    """A reader of another shape (steps of 2 strip columns where the ready-made one's are 4,
+    measured in the sixteenth session): each digit's x comes from the length of the reader's
+    own output."""
+    coarse = {3: {3: 1.0}, 8: {1: 1.0}, 13: {4: 1.0}}
+    fine = {2 * step: digits for step, digits in coarse.items()}  # columns 12-14, not 12-16
+    xs = []
+    for step_pixels, read in ((4, coarse), (2, fine)):
+        output = reader_output(read, step_pixels)
+        reader = Predictor(
+            lambda strips, output=output: np.repeat(output, len(strips), axis=0),
+            (IMAGE_SIDE, STRIP_WIDTH, 1),
+            manifest={"reads": "number", "model": "reader"},
+        )
+        answer = reader.read_strips([strip])[0]
+        assert answer.text == "314"
+        xs.append([digit.x for digit in answer.digits])
+    assert xs[0] == [10.0, 30.0, 50.0]  # the middle of 4-column steps 3, 8, 13
+    assert xs[1] == pytest.approx([9.0, 29.0, 49.0])  # the middle of 2-column steps 6, 16, 26
 
 
 def test_agreeing_models_change_nothing_and_no_groups_leave_the_reader_alone(strip):

@@ -139,7 +139,7 @@ class Predictor:
         manifest: dict | None = None,
         folder: Path | None = None,
     ):
-        # (N, *input_shape) float32 -> (N, 10) probabilities; a number reader's -> (N, 56, 11)
+        # (N, *input_shape) float32 -> (N, 10) probabilities; a number reader's -> (N, steps, 11)
         self.forward = forward
         self.input_shape = tuple(input_shape)
         self.label_names = list(label_names)
@@ -379,7 +379,7 @@ class Predictor:
         return answers
 
     def _members(self, strips: list[preprocess.PreparedStrip]) -> np.ndarray:
-        """Each strip's per-step probabilities by each member: (N, members, 56, 11)."""
+        """Each strip's per-step probabilities by each member: (N, members, steps, 11)."""
         from digitlab.models import member_steps, read_steps
 
         if not strips:
@@ -426,9 +426,8 @@ class Predictor:
         """A digit the reader read at one of its steps -> its Prediction: the 28 strip columns
         around that step as its input, and where it lies in the source image."""
         from digitlab.config import STRIP_WIDTH
-        from digitlab.models import READER_STEP_PIXELS
 
-        centre = (digit.step + 0.5) * READER_STEP_PIXELS  # strip column of its step
+        centre = (digit.step + 0.5) * STRIP_WIDTH / len(steps)  # strip column of its step
         left = int(np.clip(round(centre) - IMAGE_SIDE // 2, 0, STRIP_WIDTH - IMAGE_SIDE))
         result = self.result_for(strip.image[:, left : left + IMAGE_SIDE], digit.probabilities)
         result.x = strip.source_x(centre)
