@@ -495,33 +495,35 @@ def _relative_stroke(digit: np.ndarray, by_height: bool = False) -> float:
     return stroke_thickness(measured, measured.shape[0] if by_height else None)
 
 
-def is_thin(digit: np.ndarray) -> bool:
-    """Whether ``match_stroke`` thickens this digit's line."""
-    return _relative_stroke(digit) < THIN_STROKE
-
-
-def match_stroke(digit: np.ndarray, by_height: bool = False, thicken: bool = True) -> np.ndarray:
+def match_stroke(digit: np.ndarray, by_height: bool = False) -> np.ndarray:
     """Thicken a thin pen line (or thin a marker) towards MNIST's stroke, at 80 px.
 
     The stroke is measured against the digit's longer side, or with ``by_height`` against its
     height (a whole written number, where the longer side is its width). A digit already within
-    MNIST's range of stroke widths is returned as it is. With ``thicken`` False, a thin line
-    is left as it is (at 80 px, as it would have been thickened: the digit as written).
+    MNIST's range of stroke widths is returned as it is.
     """
+    return stroke_views(digit, by_height)[0]
+
+
+def stroke_views(
+    digit: np.ndarray, by_height: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``match_stroke``'s digit, and the digit as written where its thin line was thickened
+    (at 80 px, as it would have been thickened; None otherwise): the stroke measured once."""
     relative = _relative_stroke(digit, by_height)
     if THIN_STROKE <= relative <= THICK_STROKE:
-        return digit
+        return digit, None
     canvas = np.pad(_at_stroke_canvas(digit, by_height), STROKE_CANVAS // 4)
-    if relative < THIN_STROKE and thicken:
+    if relative < THIN_STROKE:
         # Dilating by r widens the stroke by 2r and the digit's box by 2r too.
         width = relative * STROKE_CANVAS
         radius = int(np.ceil((MNIST_STROKE * STROKE_CANVAS - width) / (2 * (1 - MNIST_STROKE))))
-        canvas = ndimage.grey_dilation(canvas, footprint=_disc(radius)) if radius > 0 else canvas
-    elif relative > THICK_STROKE:
-        radius = round((relative - THICK_STROKE) * STROKE_CANVAS / 2)
-        thinned = ndimage.grey_erosion(canvas, footprint=_disc(radius)) if radius > 0 else canvas
-        canvas = thinned if (thinned > 0.5).sum() > 0.2 * (canvas > 0.5).sum() else canvas
-    return _crop_to_ink(canvas)
+        thick = ndimage.grey_dilation(canvas, footprint=_disc(radius)) if radius > 0 else canvas
+        return _crop_to_ink(thick), _crop_to_ink(canvas)
+    radius = round((relative - THICK_STROKE) * STROKE_CANVAS / 2)
+    thinned = ndimage.grey_erosion(canvas, footprint=_disc(radius)) if radius > 0 else canvas
+    canvas = thinned if (thinned > 0.5).sum() > 0.2 * (canvas > 0.5).sum() else canvas
+    return _crop_to_ink(canvas), None
 
 
 def centre_by_mass(digit: np.ndarray) -> np.ndarray:
@@ -560,8 +562,9 @@ def _finish(
 ) -> PreparedDigit:
     """The digit in ``soft[rows, columns]`` (only its ``only`` pixels, a mask of that box)."""
     digit = _crop_to_ink(soft[rows, columns] * (1 if only is None else only))
-    image = centre_by_mass(match_stroke(digit))
-    as_written = centre_by_mass(match_stroke(digit, thicken=False)) if is_thin(digit) else None
+    matched, written = stroke_views(digit)
+    image = centre_by_mass(matched)
+    as_written = centre_by_mass(written) if written is not None else None
     box = (columns.start, rows.start, columns.stop, rows.stop)
     return PreparedDigit(image, tuple(round(side * factor) for side in box), as_written)
 
