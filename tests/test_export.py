@@ -17,6 +17,8 @@ from click.testing import CliRunner
 from conftest import STROKES, draw, static_host
 from digitlab import artifacts, export, preprocess, runtime, synthetic
 from digitlab.cli import cli
+from digitlab.config import STRIP_WIDTH
+from digitlab.models import READER_STEP_PIXELS
 from digitlab.predict import Predictor
 
 
@@ -69,7 +71,8 @@ def test_onnx_of_the_number_reader_reads_the_same_numbers(ready_reader, mnist_ar
     path = export.export_onnx(ready_reader, tmp_path / "reader.onnx")
 
     exported, own = onnx_outputs(path, inputs), keras_outputs(ready_reader, inputs)
-    assert exported.shape == own.shape == (200, 56, 33)  # three members, 11 classes each
+    steps = STRIP_WIDTH // READER_STEP_PIXELS
+    assert exported.shape == own.shape == (200, steps, 33)  # three members, 11 classes each
     assert np.abs(exported - own).max() < 1e-5
 
 

@@ -22,7 +22,7 @@ STEPS = STRIP_WIDTH // READER_STEP_PIXELS
 
 
 def steps_reading(digits: list[int], sure: float) -> np.ndarray:
-    """One member's (56, 11) output: each digit at a step of its own, ``sure`` of it (the rest
+    """One member's (STEPS, 11) output: each digit at a step of its own, ``sure`` of it (the rest
     blank), blank elsewhere."""
     steps = np.zeros((STEPS, READER_CLASSES), np.float32)
     steps[:, 0] = 1.0
