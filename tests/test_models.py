@@ -112,6 +112,22 @@ def test_ctc_log_likelihood_is_keras_ctc_loss(digits):
     assert ours == pytest.approx(-float(np.asarray(loss)[0]), rel=1e-5)
 
 
+@pytest.mark.parametrize("digits", [[], [4], [1, 1, 3], [9, 0, 0, 0, 2, 2]])
+def test_the_members_are_scored_together_as_each_alone(digits):
+    """readers_log_likelihood runs CTC's forward algorithm over all members at once: it must
+    be the sum of each member's own, members of different minds (one sure of the text, one
+    of another, one unsure) kept apart."""
+    rng = np.random.default_rng(len(digits) + 10)
+    members = rng.dirichlet(np.full(models.READER_CLASSES, 0.3), size=(3, 40))
+    members[0, 5 : 5 + 3 * len(digits) : 3] = 0.0  # member 0 reads the text itself
+    for index, digit in enumerate(digits):
+        members[0, 5 + 3 * index, digit + 1] = 1.0
+    together = models.readers_log_likelihood(members, digits)
+    alone = [models.ctc_log_likelihood(steps, digits) for steps in members]
+    assert together == pytest.approx(sum(alone), rel=1e-12)
+    assert len(set(alone)) == 3
+
+
 def test_the_reader_reads_each_strip_as_given_and_a_row_up_and_down_averaged():
     strips = np.zeros((2, 28, 224, 1), np.float32)
     strips[0, 4:24, 10:30] = 1.0  # a number fills the middle 20 rows
