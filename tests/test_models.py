@@ -115,8 +115,8 @@ def test_ctc_log_likelihood_is_keras_ctc_loss(digits):
 @pytest.mark.parametrize("digits", [[], [4], [1, 1, 3], [9, 0, 0, 0, 2, 2]])
 def test_the_members_are_scored_together_as_each_alone(digits):
     """readers_log_likelihood runs CTC's forward algorithm over all members at once: it must
-    be the sum of each member's own, members of different minds (one sure of the text, one
-    of another, one unsure) kept apart."""
+    be the sum of each member's own, members of different minds (the first sure of the text,
+    the other two unsure each in its own way) kept apart."""
     rng = np.random.default_rng(len(digits) + 10)
     members = rng.dirichlet(np.full(models.READER_CLASSES, 0.3), size=(3, 40))
     members[0, 5 : 5 + 3 * len(digits) : 3] = 0.0  # member 0 reads the text itself
