@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from digitlab import DigitlabError, artifacts, datasets, runtime, training
+from digitlab import DigitlabError, artifacts, datasets, models, runtime, training
 from digitlab.cli import cli
 from digitlab.config import TrainConfig
 from digitlab.predict import Predictor
@@ -76,6 +78,48 @@ def test_trainings_finishing_at_once_get_a_folder_each(tiny_result, tiny_data, t
     for folder in folders:
         assert artifacts.read_manifest(artifacts.resolve_run(folder))["model"] == "mlp"
         assert f"{folder}</p>" in (folder / "report.html").read_text().replace(" &middot;", "</p>")
+
+
+def test_a_model_in_memory_is_called_while_other_threads_read_its_weights():
+    """The report's second look at a model (its why-maps) while another thread reads the
+    same model's weights, as a second training's save does: on JAX, Keras' ``predict``
+    takes the weights out while it runs, and the other thread found none (CI, stop 31)."""
+    model = models.build("mlp")
+    digits = np.random.default_rng(0).integers(0, 256, (600, 28, 28), dtype=np.uint8)
+    failures, done = [], threading.Event()
+
+    def read_weights():
+        while not done.is_set():
+            try:
+                [keras.ops.convert_to_numpy(weight) for weight in model.weights]
+            except Exception as error:  # what the other thread would have met
+                failures.append(error)
+                return
+
+    other = threading.Thread(target=read_weights)
+    other.start()
+    try:
+        for _ in range(10):
+            probabilities = Predictor.of_model(model).predict_digits(digits)
+    finally:
+        done.set()
+        other.join()
+    assert failures == []
+    assert probabilities.shape == (600, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_keras_model_answers_several_threads_at_once(saved_run, tiny_data):
+    """``--keras`` (the Keras model, not its NumPy copy) called from several threads at once:
+    ``predict_on_batch`` handed the weights' memory to its result, and the next call found
+    it gone."""
+    predictor = Predictor.from_run(saved_run, use_keras=True)
+    _, (x_test, _) = tiny_data
+    alone = predictor.predict_digits(x_test)
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda _: predictor.predict_digits(x_test), range(30)))
+    for probabilities in together:
+        np.testing.assert_allclose(probabilities, alone, atol=1e-6)
 
 
 def test_a_name_taken_while_saving_goes_to_the_next_one(

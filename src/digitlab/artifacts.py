@@ -140,6 +140,7 @@ def save_run(
     temporary name and the error says where.
     """
     from digitlab import reports
+    from digitlab.predict import Predictor
 
     root = check_writable(root)
     manifest = build_manifest(result, files)
@@ -151,7 +152,7 @@ def save_run(
     else:
         data = reports.ReportData(
             manifest, test_images, test_labels, result.test_probabilities,
-            predict_digits=lambda digits: _predict_digits(result.model, digits),
+            predict_digits=Predictor.of_model(result.model).predict_digits,
         )  # fmt: skip
 
     def write_report(run_name: str) -> None:
@@ -193,12 +194,6 @@ def save_run(
     final = _publish(temporary, root, name, result.config.model, write_report)
     mark_latest(final, manifest["reads"])
     return final
-
-
-def _predict_digits(model: keras.Model, digits: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (N, 10) probabilities of a trained digit model."""
-    inputs = models.prepare(digits, tuple(model.input_shape[1:]))
-    return models.split_rejection(model.predict(inputs, batch_size=256, verbose=0))[0]
 
 
 def _free_run_name(root: Path, model_name: str) -> str:

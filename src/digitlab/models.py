@@ -496,6 +496,33 @@ def compile_model(
     )
 
 
+def inference(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's forward pass as a NumPy function, safe to call from several threads while
+    others save or call the same model.
+
+    Not ``predict`` or ``predict_on_batch``: on JAX those take the weights out of the model
+    (or hand their memory to the result) while they run, so another thread saving or calling
+    the model at that moment finds no weights (two trainings saved at once did, in CI). On
+    JAX the call is compiled once per batch shape with the weights as arguments, as fast as
+    ``predict_on_batch``; other backends call the model eagerly."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return lambda inputs: keras.ops.convert_to_numpy(model(inputs, training=False))
+    import jax
+
+    @jax.jit
+    def call(trainable, non_trainable, inputs):
+        return model.stateless_call(trainable, non_trainable, inputs, training=False)[0]
+
+    def forward(inputs: np.ndarray) -> np.ndarray:
+        trainable = [variable.value for variable in model.trainable_variables]
+        non_trainable = [variable.value for variable in model.non_trainable_variables]
+        return np.asarray(call(trainable, non_trainable, inputs))
+
+    return forward
+
+
 def prepare(images: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     """Scale and reshape uint8 digits for a model.
 

@@ -23,6 +23,8 @@ from digitlab.config import DIGIT_LABELS, IMAGE_SIDE
 from digitlab.preprocess import ImageError
 
 if TYPE_CHECKING:
+    import keras
+
     from digitlab.models import ReadDigit
 
 BATCH_SIZE = 256  # digits per model call when predicting many images
@@ -166,9 +168,19 @@ class Predictor:
         return bool(self.folder) and artifacts.is_ready_made(self.folder)
 
     @classmethod
+    def of_model(cls, model: keras.Model) -> Predictor:
+        """A digit model in memory, called through ``models.inference``: safe while other
+        threads save or call the same model."""
+        from digitlab.models import inference
+
+        return cls(inference(model), tuple(model.input_shape[1:]))
+
+    @classmethod
     def from_run(cls, run: Path | None = None, use_keras: bool = False) -> Predictor:
         """The model of a run folder (default ``runs/latest``): its NumPy copy when it has
         one, else (or with ``use_keras``) the Keras model."""
+        from digitlab.models import inference
+
         folder = artifacts.resolve_run(run)
         manifest = artifacts.read_manifest(folder)
         input_shape = tuple(manifest["input_shape"])
@@ -176,7 +188,7 @@ class Predictor:
         if numpy_model.is_file() and not use_keras:
             forward = runtime.NumpyModel.load(numpy_model, input_shape)
         else:
-            forward = artifacts.load_run(folder).model.predict_on_batch
+            forward = inference(artifacts.load_run(folder).model)
         predictor = cls(forward, input_shape, manifest["label_names"], manifest, folder)
         if predictor.reads_numbers:
             predictor.checker = cls.checker_for_reader(use_keras)
