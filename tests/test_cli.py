@@ -180,6 +180,9 @@ def test_data_info_for_a_folder(tiny_folder):
         (["train", "--members", "2"], "--members only goes with a number reader"),
         (["train", "--model", "reader", "--members", "0"], "0 is not in the range"),
         (["train", "--numbers", "9"], "--numbers only goes with a number reader"),
+        (["train", "--from", "/nonexistent"], "--from only goes with a number reader"),
+        (["train", "--model", "reader", "--from", "/nonexistent"], "is not a run folder"),
+        (["train", "--learning-rate", "0"], "0 is not in the range"),
         (["data", "fetch", "--dataset", "mnist", "--from", "/nonexistent"], None),
     ],
 )

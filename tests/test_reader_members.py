@@ -3,10 +3,13 @@ seed, the members read together, and the run folder reads the same in Keras and 
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from digitlab import artifacts, datasets, models, runtime, training
+from digitlab import DigitlabError, artifacts, datasets, models, runtime, training
 from digitlab.config import STRIP_WIDTH, TrainConfig
 from digitlab.predict import Predictor
 from digitlab.preprocess import PreparedStrip
@@ -18,6 +21,19 @@ SMALL = {"numbers": 192, "epochs": 1, "batch_size": 32}
 
 def trained(config: TrainConfig, data) -> training.TrainResult:
     return training.train(config, data, report=lambda line: None, verbose=0)
+
+
+def saved(result: training.TrainResult, data, root) -> Path:
+    """``result`` as a run folder under ``root``."""
+    (x_train, y_train), (x_test, y_test) = data
+    arrays = dict(zip(datasets.ROLES, (x_train, y_train, x_test, y_test), strict=True))
+    raw = {role: datasets.encode_idx(array) for role, array in arrays.items()}
+    files = datasets.DataFiles(datasets.get_spec("mnist"), raw, "made by the test")
+    return artifacts.save_run(result, files, x_test, y_test, root=root)
+
+
+def trainable(model) -> list[np.ndarray]:
+    return [np.asarray(weights) for weights in model.trainable_weights]
 
 
 def test_each_member_is_the_reader_trained_alone_with_its_seed(tiny_data, tmp_path):
@@ -34,11 +50,7 @@ def test_each_member_is_the_reader_trained_alone_with_its_seed(tiny_data, tmp_pa
     assert pair.model.output_shape == (None, STRIP_WIDTH // 4, 2 * models.READER_CLASSES)
 
     # the run folder: the NumPy copy and Keras read the test numbers the same, as at training
-    (x_train, y_train), (x_test, y_test) = tiny_data
-    arrays = dict(zip(datasets.ROLES, (x_train, y_train, x_test, y_test), strict=True))
-    raw = {role: datasets.encode_idx(array) for role, array in arrays.items()}
-    files = datasets.DataFiles(datasets.get_spec("mnist"), raw, "made by the test")
-    folder = artifacts.save_run(pair, files, x_test, y_test, root=tmp_path)
+    folder = saved(pair, tiny_data, tmp_path)
     strips = [PreparedStrip(strip, STRIP_WIDTH) for strip in pair.numbers.strips[:64]]
     fast, slow = Predictor.from_run(folder), Predictor.from_run(folder, use_keras=True)
     assert isinstance(fast.forward, runtime.NumpyModel)
@@ -68,3 +80,47 @@ def test_members_that_disagree_answer_what_they_find_likeliest_together():
     second[1] = [0.45, 0.02, 0.53, *[0.0] * 8]
     first[1] = [0.98, 0.01, 0.01, *[0.0] * 8]
     assert [d.label for d in models.readers_decode(np.stack([first, second]))] == [7]
+
+
+def test_a_reader_trained_further_starts_from_each_of_its_members(tiny_data, tmp_path):
+    """``--from``: member k of the new reader starts from member k of the run's (its weights
+    split back out of the joined model), then trains on numbers of its own seed."""
+    reader = models.get("reader")
+    pair = trained(reader.config(members=2, seed=3, **SMALL), tiny_data)
+    folder = saved(pair, tiny_data, tmp_path / "base")
+    members = models.reader_members(artifacts.load_run(folder).model)
+    assert len(members) == 2
+    strips = pair.numbers.strips[:16, ..., None].astype("float32") / 255
+    np.testing.assert_allclose(  # split and joined again, it reads as it did
+        models.reader_ensemble(members).predict_on_batch(strips),
+        pair.model.predict_on_batch(strips),
+        atol=1e-5,
+    )
+    # at a rate too small to move a weight, the reader trained further is the one it started from
+    still = reader.config(members=2, seed=7, start_from=str(folder), learning_rate=1e-12, **SMALL)
+    further = trained(still, tiny_data)
+    for own, started in zip(trainable(further.model), trainable(pair.model), strict=True):
+        np.testing.assert_allclose(own, started, atol=1e-6)
+    # at the reader's own rate it moves from there, and its run says where it started
+    moved = trained(dataclasses.replace(still, learning_rate=0.003), tiny_data)
+    assert any(
+        not np.allclose(own, started, atol=1e-4)
+        for own, started in zip(trainable(moved.model), trainable(pair.model), strict=True)
+    )
+    manifest = artifacts.read_manifest(saved(moved, tiny_data, tmp_path / "further"))
+    assert manifest["config"]["start_from"] == str(folder)
+    assert manifest["started_from"]["run"] == str(folder)
+    assert manifest["started_from"]["test_accuracy"] == pair.metrics["test_accuracy"]
+
+
+def test_only_a_reader_of_as_many_members_is_trained_further(tiny_data, tmp_path):
+    reader = models.get("reader")
+    pair = saved(trained(reader.config(members=2, seed=3, **SMALL), tiny_data), tiny_data, tmp_path)
+    with pytest.raises(
+        DigitlabError, match="a reader of 2 member.s., not 3: train it further with --members 2"
+    ):
+        trained(reader.config(members=3, start_from=str(pair), **SMALL), tiny_data)
+    mlp = models.get("mlp").config(epochs=1)
+    digits = saved(trained(mlp, tiny_data), tiny_data, tmp_path / "mlp")
+    with pytest.raises(DigitlabError, match="is a mlp .one digit per image., not a number reader"):
+        trained(reader.config(start_from=str(digits), **SMALL), tiny_data)

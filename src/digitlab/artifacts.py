@@ -89,6 +89,8 @@ def build_manifest(result: TrainResult, files: DataFiles) -> dict:
         "train_seconds": result.train_seconds,
         # trained data-parallel (train --distributed): {"processes": N, "devices": D}
         "distributed": result.distributed,
+        # a reader trained further (train --from): the run it started from, and that run's
+        "started_from": result.started_from,
         "metrics": {**result.metrics, "overfitting_gap": result.overfitting_gap},
         "first_predictions": _first_predictions(result),
         "data_sha256": files.sha256,

@@ -189,6 +189,13 @@ def _shown_default(value) -> str:
     help=f"Same seed, same machine: same metrics [default: {_per_model('seed')}].",
 )
 @click.option(
+    "--learning-rate",
+    default=None,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Adam's learning rate; with a schedule, its peak "
+    f"[default: {_per_model('learning_rate')}].",
+)
+@click.option(
     "--validation-split",
     default=None,
     type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -224,6 +231,16 @@ def _shown_default(value) -> str:
     "and join them into one model that reads every number with all of them and answers "
     "what they find likeliest together (the ready-made reader has 3) [default: 1].",
 )
+@click.option(
+    "--from",
+    "start_from",
+    default=None,
+    type=click.Path(path_type=Path),
+    metavar="RUN",
+    help="reader only: start from the reader of this run folder (each of its members, instead "
+    "of new weights) and train it further on new numbers of this run's seeds; --members "
+    "defaults to its own (a lower --learning-rate than a new reader's suits).",
+)
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
 @click.option(
     "--distributed",
@@ -256,11 +273,13 @@ def train(
     epochs: int | None,
     batch_size: int | None,
     seed: int | None,
+    learning_rate: float | None,
     validation_split: float | None,
     early_stopping: int | None,
     augment: bool | None,
     numbers: int | None,
     members: int | None,
+    start_from: Path | None,
     summary: bool,
     distributed: bool,
     coordinator: str | None,
@@ -275,21 +294,28 @@ def train(
     runs/latest-reader, which `predict --number` and `serve` use).
     """
     from digitlab import artifacts, datasets, training
+    from digitlab.manifest import run_config
 
+    for name, value in (("--numbers", numbers), ("--members", members), ("--from", start_from)):
+        if value is not None and models.get(model).reads != "number":
+            raise click.UsageError(f"{name} only goes with a number reader (--model reader)")
+    if start_from is not None:
+        start_from = artifacts.resolve_run(start_from)
+        if members is None:  # as many as the reader trained further has
+            members = run_config(artifacts.read_manifest(start_from)).get("members")
     config = models.get(model).config(
         dataset=dataset,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
+        learning_rate=learning_rate,
         validation_split=validation_split,
         early_stopping=early_stopping,
         augment=augment,
         numbers=numbers,
         members=members,
+        start_from=str(start_from) if start_from is not None else None,
     )
-    for name, value in (("--numbers", numbers), ("--members", members)):
-        if value is not None and models.get(model).reads != "number":
-            raise click.UsageError(f"{name} only goes with a number reader (--model reader)")
     if not distributed and (coordinator or num_processes or process_id is not None):
         raise click.UsageError(
             "--coordinator, --num-processes and --process-id go with --distributed"

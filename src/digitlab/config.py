@@ -69,6 +69,9 @@ class TrainConfig:
     # The number reader only: readers trained (seeds seed, seed + 1, ...) and joined into one
     # model that reads with all of them (models.reader_ensemble); each adds its training time.
     members: int = 1
+    # The number reader only: a reader run (its folder) whose members start this training with
+    # their weights, each trained further on new numbers of its own seed; "": new weights.
+    start_from: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

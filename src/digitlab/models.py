@@ -245,6 +245,30 @@ def reader_ensemble(readers: Sequence[keras.Model]) -> keras.Sequential:
     return ensemble
 
 
+def reader_members(model: keras.Model) -> list[keras.Sequential]:
+    """A reader's members, each its own ``build_reader()`` with its weights: the inverse of
+    ``reader_ensemble`` (a reader of one member comes back as one)."""
+    count = model.output_shape[-1] // READER_CLASSES
+    if model.output_shape[-1] != count * READER_CLASSES or not model.name.startswith("reader"):
+        raise DigitlabError(f"{model.name} is not a number reader")
+    members = [build_reader() for _ in range(count)]
+    sources = [layer for layer in model.layers if layer.weights]
+    for index, member in enumerate(members):
+        targets = [layer for layer in member.layers if layer.weights]
+        if len(targets) != len(sources):
+            raise DigitlabError(f"{model.name} is not shaped like digitlab's number reader")
+        for target, source in zip(targets, sources, strict=True):
+            try:
+                target.set_weights(
+                    [np.split(weights, count, axis=-1)[index] for weights in source.get_weights()]
+                )
+            except ValueError:  # another shape of layer
+                raise DigitlabError(
+                    f"{model.name} is not shaped like digitlab's number reader"
+                ) from None
+    return members
+
+
 register(
     ModelKind(
         name="reader",

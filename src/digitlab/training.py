@@ -54,6 +54,9 @@ class TrainResult:
     # (calibrate_number_rejection)
     rejection: dict | None = None
     distributed: dict | None = None  # trained data-parallel: processes and devices
+    # a reader trained further (``TrainConfig.start_from``): the reader it started from (its
+    # folder, when it was made, its test accuracy, and what it had started from in turn)
+    started_from: dict | None = None
 
     @property
     def overfitting_gap(self) -> float:
@@ -270,8 +273,10 @@ def _train_member(
     callbacks: Sequence[keras.callbacks.Callback],
     label: str,
     test: synthetic.Numbers,
+    start: keras.Model | None = None,
 ) -> _Member:
-    """Steps 2-4 for one reader, seeded by ``config.seed``: build it, compose its numbers, fit."""
+    """Steps 2-4 for one reader, seeded by ``config.seed``: build it (or take ``start``, a
+    trained reader, to train further), compose its numbers, fit."""
     import keras
 
     from digitlab import synthetic
@@ -280,14 +285,17 @@ def _train_member(
     held_out = _validation_count(config, len(x_train))
     fit_count = len(x_train) - held_out
     steps_per_epoch = -(-config.numbers // config.batch_size)
-    model = models.build(config.model)
+    model = start if start is not None else models.build(config.model)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch * config.epochs)),
         loss=models.ctc_loss,
         steps_per_execution=config.steps_per_execution,
     )
+    origin = f"built {model.name}{label}"
+    if start is not None:
+        origin = f"took {model.name}{label} of {config.start_from}"
     report(
-        f"[2/6] built {model.name}{label}: {model.count_params():,} parameters; compiled with "
+        f"[2/6] {origin}: {model.count_params():,} parameters; compiled with "
         f"adam{_describe_rate(config)}, CTC loss"
     )
 
@@ -380,6 +388,37 @@ def _reader_loss(members: list[_Member], numbers: synthetic.Numbers, count: int)
     return float(np.mean([member.model.evaluate(inputs, targets, verbose=0) for member in members]))
 
 
+def _starting_readers(config: TrainConfig) -> tuple[list[keras.Model | None], dict | None]:
+    """Per member, the reader it starts from: the members of the run ``config.start_from``
+    (as many as ``config.members``), or None each (new weights); and that run, described
+    (``TrainResult.started_from``)."""
+    from pathlib import Path
+
+    from digitlab import artifacts
+
+    if not config.start_from:
+        return [None] * config.members, None
+    run = artifacts.load_run(Path(config.start_from))
+    if run.manifest.get("reads") != "number":
+        raise DigitlabError(
+            f"{run.folder} is a {run.manifest.get('model')} (one digit per image), not a number "
+            "reader to train further"
+        )
+    starts = models.reader_members(run.model)
+    if len(starts) != config.members:
+        raise DigitlabError(
+            f"{run.folder} is a reader of {len(starts)} member(s), not {config.members}: "
+            f"train it further with --members {len(starts)}"
+        )
+    metrics = run.manifest.get("metrics") or {}
+    return starts, {
+        "run": str(run.folder),
+        "created": run.manifest.get("created"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "started_from": run.manifest.get("started_from"),
+    }
+
+
 def train_reader(
     config: TrainConfig,
     data: Arrays,
@@ -394,6 +433,8 @@ def train_reader(
     With ``config.members`` > 1, that many readers, each exactly the one ``train_reader``
     trains alone with seed ``config.seed + k`` (its own numbers and starting weights), joined
     into one model (``models.reader_ensemble``) that reads as ``Predictor.read_strips`` does.
+    With ``config.start_from`` (a reader run), member k starts from that run's member k
+    (``models.reader_members``) instead of new weights, and is trained further on its numbers.
     """
     from digitlab import synthetic
 
@@ -405,13 +446,16 @@ def train_reader(
         f"[1/6] loaded {data_origin or config.dataset}: train {x_train.shape} {x_train.dtype}, "
         f"test {x_test.shape}: the digits the numbers are composed from"
     )
+    starts, started_from = _starting_readers(config)
     test = synthetic.test_numbers(x_test, y_test)
     members = []
-    for index in range(config.members):
+    for index, start in enumerate(starts):
         label = f" (member {index + 1} of {config.members})" if config.members > 1 else ""
         member_config = dataclasses.replace(config, seed=config.seed + index, members=1)
         members.append(
-            _train_member(member_config, x_train, y_train, report, verbose, callbacks, label, test)
+            _train_member(
+                member_config, x_train, y_train, report, verbose, callbacks, label, test, start
+            )
         )
     if len(members) == 1:
         model = members[0].model
@@ -457,6 +501,7 @@ def train_reader(
         stopped_after=members[0].stopped_after,
         numbers=evaluation.NumberEvaluation(test.strips, test.texts, readings, confidences),
         rejection=rejection,
+        started_from=started_from,
     )
     report(f"[5/6] read the first {shown} test numbers:")
     for text, reading in zip(test.texts[:shown], readings[:shown], strict=True):
