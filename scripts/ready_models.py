@@ -40,6 +40,9 @@ def check(runs: Path) -> bool:
         rebuilt, shipped = _manifest(runs / link), _manifest(SHIPPED / kind)
         for manifest in (rebuilt, shipped):  # settings added since read as their defaults
             manifest["config"] = run_config(manifest)
+            # the reader trained further names its starting run's folder on the machine that
+            # made it: whether it started from one is the setting, not where that lay
+            manifest["config"]["start_from"] = bool(manifest["config"]["start_from"])
         different = [key for key in SAME if rebuilt.get(key) != shipped.get(key)]
         new = rebuilt["metrics"]["test_accuracy"]
         old = shipped["metrics"]["test_accuracy"]
@@ -73,8 +76,10 @@ def _flags(kind: str, manifest: dict) -> str:
     from digitlab import models
 
     defaults = models.get(kind).config(seed=manifest["seed"]).to_dict()
+    flags = {"start_from": "from"}  # the option's name, where it is not the setting's
     return "".join(
-        f" --{key.replace('_', '-')} {value}"
+        f" --{flags.get(key, key.replace('_', '-'))} "
+        + (Path(value).name if key == "start_from" else str(value))
         for key, value in manifest["config"].items()
         if key != "seed" and defaults.get(key) != value
     )

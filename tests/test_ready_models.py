@@ -79,6 +79,32 @@ def test_the_installed_command_names_the_options_beyond_the_defaults(ready_model
     config["members"] = 3
     flags = ready_models._flags("reader", {"seed": 0, "config": config})
     assert flags == " --numbers 120000 --members 3"
+    # a reader trained further: the option is --from, and the run is named, not its path here
+    config.update(start_from="/home/me/build/ready-runs/20261207-201500-reader", epochs=3)
+    flags = ready_models._flags("reader", {"seed": 3, "config": config})
+    assert flags == " --epochs 3 --numbers 120000 --members 3 --from 20261207-201500-reader"
+
+
+@pytest.mark.parametrize(
+    ("rebuilt_from", "same"), [("/elsewhere/20261207-1-reader", True), ("", False)]
+)
+def test_a_reader_trained_further_matches_one_started_from_another_folder(
+    ready_models, tmp_path, capsys, rebuilt_from, same
+):
+    """The shipped reader and its rebuild each started from a reader in a folder of their own
+    machine: that both did is compared, not where."""
+    runs = rebuilt_like_shipped(ready_models, tmp_path)
+    for path, start in ((runs / "latest-reader" / "metrics.json", rebuilt_from),
+                        (ready_models.SHIPPED / "reader" / "metrics.json", None)):  # fmt: skip
+        manifest = json.loads(path.read_text())
+        if start is None:
+            shipped_from = manifest["config"].get("start_from", "")
+            assert shipped_from, "the shipped reader is trained further"
+            continue
+        manifest["config"]["start_from"] = start
+        path.write_text(json.dumps(manifest))
+    assert ready_models.check(runs) == same
+    assert ("different config" in capsys.readouterr().out) != same
 
 
 @pytest.mark.parametrize(
@@ -122,4 +148,6 @@ def test_install_copies_one_kind_and_records_how_it_was_made(ready_models, tmp_p
     ]  # fmt: skip
     made = json.loads((installed / "metrics.json").read_text())["ready_made"]
     assert made["run"] == "20261129-000000-reader"
-    assert made["made_with"].startswith("digitlab train --model reader --seed 0")
+    # the shipped reader: three readers (seeds 0-2) trained further (seeds 3-5)
+    assert made["made_with"].startswith("digitlab train --model reader --seed 3")
+    assert " --members 3 --from " in made["made_with"]
