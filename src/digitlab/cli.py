@@ -238,8 +238,8 @@ def _shown_default(value) -> str:
     type=click.Path(path_type=Path),
     metavar="RUN",
     help="reader only: start from the reader of this run folder (each of its members, instead "
-    "of new weights) and train it further on new numbers of this run's seeds; --members "
-    "defaults to its own (a lower --learning-rate than a new reader's suits).",
+    "of new weights) and train it further on new numbers (seeds SEED, SEED+1, ... as with "
+    "--members, which defaults to its own; a lower --learning-rate than a new reader's suits).",
 )
 @click.option("--summary", is_flag=True, help="Print the model's layers and parameters.")
 @click.option(
