@@ -253,19 +253,15 @@ def reader_members(model: keras.Model) -> list[keras.Sequential]:
         raise DigitlabError(f"{model.name} is not a number reader")
     members = [build_reader() for _ in range(count)]
     sources = [layer for layer in model.layers if layer.weights]
-    for index, member in enumerate(members):
-        targets = [layer for layer in member.layers if layer.weights]
-        if len(targets) != len(sources):
-            raise DigitlabError(f"{model.name} is not shaped like digitlab's number reader")
-        for target, source in zip(targets, sources, strict=True):
-            try:
+    try:
+        for index, member in enumerate(members):
+            targets = [layer for layer in member.layers if layer.weights]
+            for target, source in zip(targets, sources, strict=True):
                 target.set_weights(
                     [np.split(weights, count, axis=-1)[index] for weights in source.get_weights()]
                 )
-            except ValueError:  # another shape of layer
-                raise DigitlabError(
-                    f"{model.name} is not shaped like digitlab's number reader"
-                ) from None
+    except ValueError:  # other layers, or other shapes of them
+        raise DigitlabError(f"{model.name} is not shaped like digitlab's number reader") from None
     return members
 
 
